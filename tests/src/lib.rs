@@ -1,0 +1,1 @@
+//! Cross-crate, CLI and interop tests live in tests/.
