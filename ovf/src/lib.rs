@@ -1,1 +1,22 @@
-//! vdisk-ovf
+//! vdisk-ovf: OVF descriptors (DMTF DSP0243: OVF 0.9, 1.x, 2.x and the oVirt dialect) and OVA
+//! packages.
+//!
+//! - [`parse_descriptor`] reads any producer's descriptor into the [`model`]; [`generate`]
+//!   writes clean OVF 1.0 / 2.0 descriptors for a [`VmConfig`](vdisk_vmconfig::VmConfig).
+//! - [`inspect`] reports what a package (`.ova`, `.ovf` folder, bare descriptor) holds.
+//! - [`import_verify`] checks a package completely (tar structure, manifest digests, sizes,
+//!   references, optional certificate) before anything in it is trusted, then hands out disk
+//!   readers and a VM config.
+//! - [`export`] writes an OVA or an unpacked folder from block sources, streaming.
+
+pub mod error;
+pub mod href;
+pub mod model;
+pub mod ns;
+pub mod units;
+
+mod encoding;
+mod parse;
+
+pub use error::{OvfError, Result};
+pub use parse::{parse_descriptor, ParsedDescriptor, MAX_DESCRIPTOR_BYTES};
