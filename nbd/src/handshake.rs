@@ -301,10 +301,18 @@ impl Session<'_> {
             if name.len() > MAX_STRING_LEN || name.contains('\0') {
                 continue;
             }
-            let mut data = Vec::with_capacity(4 + name.len());
+            // The text after the name is a human-readable description (qemu-nbd --list
+            // shows it).
+            let description = self
+                .resolve(&name)
+                .map(|export| export.description())
+                .unwrap_or_default();
+            let description = crate::reply::truncate_str(&description, MAX_STRING_LEN);
+            let mut data = Vec::with_capacity(4 + name.len() + description.len());
             // name.len() <= 4096.
             data.extend_from_slice(&(name.len() as u32).to_be_bytes());
             data.extend_from_slice(name.as_bytes());
+            data.extend_from_slice(description.as_bytes());
             option_reply(out, code, rep::SERVER, &data);
         }
         option_reply(out, code, rep::ACK, b"");
