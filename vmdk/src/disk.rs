@@ -68,6 +68,18 @@ impl Disk {
         if &magic == b"COWD" {
             return Err(VmdkError::unsupported(&name, "COWD (vmfsSparse) extent"));
         }
+        let mut head = vec![0u8; len.min(512) as usize];
+        ReadAt::read_at(&file, &mut head, 0).map_err(|e| VmdkError::io(&name, "read", e))?;
+        let binary = |b: &u8| *b < 0x09 || (0x0e..0x20).contains(b) || *b == 0x0b || *b == 0x0c;
+        if let Some(&b) = head.iter().find(|b| **b == b'\n' || binary(b)) {
+            if b != b'\n' {
+                return Err(VmdkError::invalid(
+                    &name,
+                    "magic",
+                    format!("{magic:02x?}: neither a sparse extent (KDMV) nor a text descriptor"),
+                ));
+            }
+        }
         if len > MAX_DESCRIPTOR_BYTES {
             return Err(VmdkError::invalid(
                 &name,
