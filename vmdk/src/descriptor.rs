@@ -167,7 +167,8 @@ impl Descriptor {
             let first = line.split_whitespace().next().unwrap_or_default();
             if let Some(access) = Access::parse(first) {
                 if !line.contains('=') {
-                    d.extents.push(parse_extent_line(line, access).map_err(err)?);
+                    d.extents
+                        .push(parse_extent_line(line, access).map_err(err)?);
                     continue;
                 }
             }
@@ -262,7 +263,10 @@ impl Descriptor {
             s += &format!("{k}=\"{v}\"\n");
         }
         s += &format!("CID={:08x}\n", self.cid.unwrap_or(NO_PARENT_CID - 1));
-        s += &format!("parentCID={:08x}\n", self.parent_cid.unwrap_or(NO_PARENT_CID));
+        s += &format!(
+            "parentCID={:08x}\n",
+            self.parent_cid.unwrap_or(NO_PARENT_CID)
+        );
         if let Some(t) = &self.create_type {
             s += &format!("createType=\"{t}\"\n");
         }
@@ -420,7 +424,8 @@ mod tests {
 
     #[test]
     fn empty_file_name_and_comments() {
-        let text = b"version=1\nCID=0\n# c\ncreateType=\"monolithicSparse\"\nRW 10240 SPARSE \"\"\n";
+        let text =
+            b"version=1\nCID=0\n# c\ncreateType=\"monolithicSparse\"\nRW 10240 SPARSE \"\"\n";
         let d = Descriptor::parse(text, "x").unwrap();
         assert_eq!(d.extents[0].file.as_deref(), Some(""));
     }

@@ -1,7 +1,9 @@
 //! One VMDK file of a chain: a text descriptor with its extents, or a monolithic sparse
 //! file with an embedded descriptor.
 
-use crate::descriptor::{Access, Descriptor, ExtentType, MAX_CAPACITY_SECTORS, MAX_DESCRIPTOR_BYTES};
+use crate::descriptor::{
+    Access, Descriptor, ExtentType, MAX_CAPACITY_SECTORS, MAX_DESCRIPTOR_BYTES,
+};
 use crate::error::{Result, VmdkError};
 use crate::extent::{DiskExtent, ExtentData, FlatExtent};
 use crate::source::{Allocation, ReadAt};
@@ -44,7 +46,11 @@ pub fn resolve_inside(dir: &Path, rel: &str, file: &str, field: &str) -> Result<
         }
     }
     if depth == 0 {
-        return Err(VmdkError::invalid(file, field, format!("path {rel:?} names no file")));
+        return Err(VmdkError::invalid(
+            file,
+            field,
+            format!("path {rel:?} names no file"),
+        ));
     }
     Ok(dir.join(p))
 }
@@ -84,11 +90,14 @@ impl Disk {
             return Err(VmdkError::invalid(
                 &name,
                 "descriptor",
-                format!("file is {len} bytes: neither a sparse VMDK nor a descriptor (at most 1 MiB)"),
+                format!(
+                    "file is {len} bytes: neither a sparse VMDK nor a descriptor (at most 1 MiB)"
+                ),
             ));
         }
         let mut text = vec![0u8; len as usize];
-        ReadAt::read_at(&file, &mut text, 0).map_err(|e| VmdkError::io(&name, "read descriptor", e))?;
+        ReadAt::read_at(&file, &mut text, 0)
+            .map_err(|e| VmdkError::io(&name, "read descriptor", e))?;
         let descriptor = Descriptor::parse(&text, &name)?;
         if descriptor.create_type.is_none() {
             return Err(VmdkError::invalid(
@@ -98,7 +107,11 @@ impl Disk {
             ));
         }
         if descriptor.extents.is_empty() {
-            return Err(VmdkError::invalid(&name, "descriptor extents", "none listed"));
+            return Err(VmdkError::invalid(
+                &name,
+                "descriptor extents",
+                "none listed",
+            ));
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut extents = Vec::with_capacity(descriptor.extents.len());
@@ -223,7 +236,11 @@ fn open_extent_data(
     }
     let rel = line.file.as_deref().unwrap_or_default();
     if rel.is_empty() {
-        return Err(VmdkError::invalid(desc_name, field, "empty extent file name"));
+        return Err(VmdkError::invalid(
+            desc_name,
+            field,
+            "empty extent file name",
+        ));
     }
     let path = resolve_inside(dir, rel, desc_name, field)?;
     let ename = path.display().to_string();
@@ -234,7 +251,10 @@ fn open_extent_data(
         source: e,
     })?;
     if line.access == Access::NoAccess {
-        return Err(VmdkError::unsupported(desc_name, format!("{field}: NOACCESS extent")));
+        return Err(VmdkError::unsupported(
+            desc_name,
+            format!("{field}: NOACCESS extent"),
+        ));
     }
     let file: Arc<dyn ReadAt> = Arc::new(file);
     let size = line.sectors * SECTOR;
@@ -245,7 +265,9 @@ fn open_extent_data(
             line.offset_sectors * SECTOR,
             size,
         )?)),
-        ExtentType::Sparse => Ok(ExtentData::Sparse(Box::new(SparseExtent::open(file, &ename)?))),
+        ExtentType::Sparse => Ok(ExtentData::Sparse(Box::new(SparseExtent::open(
+            file, &ename,
+        )?))),
         other => Err(VmdkError::unsupported(
             desc_name,
             format!("{field}: {} extent", other.as_str()),

@@ -45,7 +45,7 @@ impl FlatExtent {
         let len = file
             .len()
             .map_err(|e| VmdkError::io(name, "get file length", e))?;
-        let end = start.checked_add(size).unwrap_or(u64::MAX);
+        let end = start.saturating_add(size);
         if end > len {
             return Err(VmdkError::invalid(
                 name,

@@ -40,7 +40,14 @@ impl ChainLayer {
         while pos < disk.size {
             let (kind, n) = disk.probe(pos, disk.size - pos)?;
             if kind != Allocation::Unallocated {
-                push_extent(&mut out, Extent { offset: pos, length: n, kind });
+                push_extent(
+                    &mut out,
+                    Extent {
+                        offset: pos,
+                        length: n,
+                        kind,
+                    },
+                );
             }
             pos += n;
         }
@@ -87,7 +94,10 @@ impl VmdkImage {
             }
             let disk = Disk::open_path(&cur)?;
             if let Some(child) = disks.last() {
-                let expected = child.descriptor.as_ref().and_then(|d| d.expected_parent_cid());
+                let expected = child
+                    .descriptor
+                    .as_ref()
+                    .and_then(|d| d.expected_parent_cid());
                 if let Some(exp) = expected {
                     if disk.cid() != Some(exp) {
                         return Err(VmdkError::invalid(
@@ -96,7 +106,8 @@ impl VmdkImage {
                             format!(
                                 "{exp:08x}, but the parent {} has CID {}",
                                 disk.name,
-                                disk.cid().map_or("(none)".to_string(), |c| format!("{c:08x}"))
+                                disk.cid()
+                                    .map_or("(none)".to_string(), |c| format!("{c:08x}"))
                             ),
                         ));
                     }
@@ -113,7 +124,11 @@ impl VmdkImage {
             let hint_path = Path::new(&hint);
             cur = if hint_path.is_absolute() {
                 let base = hint_path.file_name().ok_or_else(|| {
-                    VmdkError::invalid(&name, "parentFileNameHint", format!("{hint:?} names no file"))
+                    VmdkError::invalid(
+                        &name,
+                        "parentFileNameHint",
+                        format!("{hint:?} names no file"),
+                    )
                 })?;
                 dir.join(base)
             } else {
@@ -127,7 +142,11 @@ impl VmdkImage {
     /// (an OVA member, a buffer). A delta disk (with a parent) is refused.
     pub fn open_single(source: Arc<dyn ReadAt>, name: &str) -> Result<VmdkImage> {
         let disk = Disk::open_single(source, name)?;
-        if let Some(h) = disk.descriptor.as_ref().and_then(|d| d.parent_file_name_hint.as_ref()) {
+        if let Some(h) = disk
+            .descriptor
+            .as_ref()
+            .and_then(|d| d.parent_file_name_hint.as_ref())
+        {
             return Err(VmdkError::unsupported(
                 name,
                 format!("delta disk (parentFileNameHint {h:?}) without its parent"),
@@ -216,7 +235,14 @@ impl BlockSource for VmdkImage {
         let end = offset + length;
         while pos < end {
             let (_, kind, n) = self.resolve(pos, end - pos)?;
-            push_extent(&mut out, Extent { offset: pos, length: n, kind });
+            push_extent(
+                &mut out,
+                Extent {
+                    offset: pos,
+                    length: n,
+                    kind,
+                },
+            );
             pos += n;
         }
         Ok(out)

@@ -27,6 +27,6 @@ pub use image::{ChainLayer, VmdkImage, MAX_CHAIN_DEPTH};
 pub use info::{ExtentInfo, LayerInfo, SparseInfo, VmdkInfo};
 pub use source::{Allocation, BlockSource, Extent, FileSlice, RawSource, ReadAt};
 pub use write::{
-    is_zero, write_stream_optimized, write_vmdk, AdapterType, Subformat, WriteOptions,
-    WriteReport, GRAIN_BYTES,
+    is_zero, write_stream_optimized, write_vmdk, AdapterType, Subformat, WriteOptions, WriteReport,
+    GRAIN_BYTES,
 };

@@ -51,7 +51,8 @@ impl ReadAt for File {
 
 impl ReadAt for [u8] {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let start =
+            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         let end = start
             .checked_add(buf.len())
             .ok_or(io::ErrorKind::UnexpectedEof)?;
@@ -231,10 +232,38 @@ mod tests {
     #[test]
     fn push_extent_merges() {
         let mut v = Vec::new();
-        push_extent(&mut v, Extent { offset: 0, length: 4, kind: Allocation::Data });
-        push_extent(&mut v, Extent { offset: 4, length: 4, kind: Allocation::Data });
-        push_extent(&mut v, Extent { offset: 8, length: 4, kind: Allocation::Zero });
-        push_extent(&mut v, Extent { offset: 12, length: 0, kind: Allocation::Data });
+        push_extent(
+            &mut v,
+            Extent {
+                offset: 0,
+                length: 4,
+                kind: Allocation::Data,
+            },
+        );
+        push_extent(
+            &mut v,
+            Extent {
+                offset: 4,
+                length: 4,
+                kind: Allocation::Data,
+            },
+        );
+        push_extent(
+            &mut v,
+            Extent {
+                offset: 8,
+                length: 4,
+                kind: Allocation::Zero,
+            },
+        );
+        push_extent(
+            &mut v,
+            Extent {
+                offset: 12,
+                length: 0,
+                kind: Allocation::Data,
+            },
+        );
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].length, 8);
     }

@@ -35,7 +35,11 @@ fn image(dir: &Path, sub: Subformat, size: u64) -> (PathBuf, Vec<u8>) {
     make_raw(&raw, size, &[0, 1, 2, 40, 100, 600]);
     let src = RawSource::new(Arc::new(File::open(&raw).unwrap())).unwrap();
     let out = dir.join(format!("{sub}-{size}.vmdk"));
-    let opts = WriteOptions { subformat: sub, cid: Some(0x1234), ..Default::default() };
+    let opts = WriteOptions {
+        subformat: sub,
+        cid: Some(0x1234),
+        ..Default::default()
+    };
     write_vmdk(&src, &out, &opts).unwrap();
     let bytes = std::fs::read(&out).unwrap();
     (out, bytes)
@@ -56,7 +60,22 @@ fn truncated_files() {
         let (_, bytes) = image(t.path(), sub, MIB8);
         let p = t.path().join("cut.vmdk");
         let len = bytes.len();
-        for cut in [0, 3, 100, 511, 512, 1000, 10_752, 13_824, 65_536, 70_000, len / 2, len - 1536, len - 512, len - 1] {
+        for cut in [
+            0,
+            3,
+            100,
+            511,
+            512,
+            1000,
+            10_752,
+            13_824,
+            65_536,
+            70_000,
+            len / 2,
+            len - 1536,
+            len - 512,
+            len - 1,
+        ] {
             std::fs::write(&p, &bytes[..cut]).unwrap();
             expect_err(&p, &["cut.vmdk"]);
         }
@@ -100,12 +119,12 @@ fn hostile_grain_tables() {
     let gd = 26 * 512;
     let p = t.path().join("g.vmdk");
     let cases: &[(usize, u32, &str)] = &[
-        (gt, 1 << 30, "past the end"),             // grain past EOF
-        (gt, 26, "metadata"),                       // grain onto the GD
-        (gt, 2, "metadata"),                        // grain inside the descriptor
-        (gt + 4, 27, "metadata"),                   // grain onto its own table
-        (gd, 1 << 30, "grain directory entry 0"),   // table past EOF
-        (gd, 26, "grain directory entry 0"),        // table onto the GD itself
+        (gt, 1 << 30, "past the end"),            // grain past EOF
+        (gt, 26, "metadata"),                     // grain onto the GD
+        (gt, 2, "metadata"),                      // grain inside the descriptor
+        (gt + 4, 27, "metadata"),                 // grain onto its own table
+        (gd, 1 << 30, "grain directory entry 0"), // table past EOF
+        (gd, 26, "grain directory entry 0"),      // table onto the GD itself
         (gd, 0x0fff_ffff, "grain directory entry 0"),
     ];
     for (at, v, needle) in cases {
@@ -131,7 +150,12 @@ fn stream_damage() {
     expect_err(&p, &["s.vmdk", "LBA"]);
     patch(&p, &bytes, overhead + 8, &u32::MAX.to_le_bytes());
     expect_err(&p, &["s.vmdk", "compressed size"]);
-    patch(&p, &bytes, overhead + 12, &[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0]);
+    patch(
+        &p,
+        &bytes,
+        overhead + 12,
+        &[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0],
+    );
     expect_err(&p, &["s.vmdk", "deflate"]);
     // Without the footer the markers are walked: a bad marker type is reported.
     let len = bytes.len();
@@ -171,19 +195,43 @@ fn descriptor_problems() {
         std::fs::write(&p, format!("# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n{body}\n")).unwrap();
         p
     };
-    expect_err(&desc("a.vmdk", "RW 8 FLAT \"../x-flat.vmdk\" 0"), &["a.vmdk", "leaves"]);
-    expect_err(&desc("b.vmdk", "RW 8 FLAT \"/etc/passwd\" 0"), &["b.vmdk", "leaves"]);
-    expect_err(&desc("c.vmdk", "RW 8 FLAT \"nope.vmdk\" 0"), &["c.vmdk", "nope.vmdk"]);
-    expect_err(&desc("e.vmdk", "RW 16 FLAT \"x-flat.vmdk\" 0"), &["x-flat.vmdk", "flat extent size"]);
-    expect_err(&desc("f.vmdk", "RW 8 FLAT \"x-flat.vmdk\" 1"), &["x-flat.vmdk"]);
-    expect_err(&desc("g.vmdk", "RW 8 FLAT \"x-flat.vmdk\""), &["g.vmdk", "line 6"]);
+    expect_err(
+        &desc("a.vmdk", "RW 8 FLAT \"../x-flat.vmdk\" 0"),
+        &["a.vmdk", "leaves"],
+    );
+    expect_err(
+        &desc("b.vmdk", "RW 8 FLAT \"/etc/passwd\" 0"),
+        &["b.vmdk", "leaves"],
+    );
+    expect_err(
+        &desc("c.vmdk", "RW 8 FLAT \"nope.vmdk\" 0"),
+        &["c.vmdk", "nope.vmdk"],
+    );
+    expect_err(
+        &desc("e.vmdk", "RW 16 FLAT \"x-flat.vmdk\" 0"),
+        &["x-flat.vmdk", "flat extent size"],
+    );
+    expect_err(
+        &desc("f.vmdk", "RW 8 FLAT \"x-flat.vmdk\" 1"),
+        &["x-flat.vmdk"],
+    );
+    expect_err(
+        &desc("g.vmdk", "RW 8 FLAT \"x-flat.vmdk\""),
+        &["g.vmdk", "line 6"],
+    );
     expect_err(&desc("h.vmdk", ""), &["h.vmdk", "extents"]);
-    expect_err(&desc("i.vmdk", "RW 8 VMFSSPARSE \"x-flat.vmdk\""), &["i.vmdk", "unsupported"]);
+    expect_err(
+        &desc("i.vmdk", "RW 8 VMFSSPARSE \"x-flat.vmdk\""),
+        &["i.vmdk", "unsupported"],
+    );
     assert!(try_read(&desc("ok.vmdk", "RW 4 FLAT \"x-flat.vmdk\" 4\nRW 4 ZERO")).is_ok());
     // Sparse extent smaller than its descriptor line.
     let (sp, _) = image(d, Subformat::MonolithicSparse, MIB8);
     let spname = sp.file_name().unwrap().to_str().unwrap().to_string();
-    expect_err(&desc("j.vmdk", &format!("RW 99999 SPARSE \"{spname}\"")), &["capacity"]);
+    expect_err(
+        &desc("j.vmdk", &format!("RW 99999 SPARSE \"{spname}\"")),
+        &["capacity"],
+    );
     // Not a descriptor at all.
     std::fs::write(d.join("k.vmdk"), b"hello world\n").unwrap();
     expect_err(&d.join("k.vmdk"), &["k.vmdk", "createType"]);
@@ -198,16 +246,29 @@ fn parent_problems() {
     std::fs::write(d.join("z-flat.vmdk"), vec![0u8; 4096]).unwrap();
     let desc = |name: &str, cid: &str, pcid: &str, parent: &str| {
         let p = d.join(name);
-        let hint = if parent.is_empty() { String::new() } else { format!("parentFileNameHint=\"{parent}\"\n") };
+        let hint = if parent.is_empty() {
+            String::new()
+        } else {
+            format!("parentFileNameHint=\"{parent}\"\n")
+        };
         std::fs::write(&p, format!("version=1\nCID={cid}\nparentCID={pcid}\ncreateType=\"monolithicFlat\"\n{hint}RW 8 FLAT \"z-flat.vmdk\" 0\n")).unwrap();
         p
     };
-    expect_err(&desc("m.vmdk", "2", "1", "missing.vmdk"), &["m.vmdk", "parent", "missing.vmdk"]);
-    expect_err(&desc("n.vmdk", "2", "1", "../n.vmdk"), &["n.vmdk", "parentFileNameHint"]);
+    expect_err(
+        &desc("m.vmdk", "2", "1", "missing.vmdk"),
+        &["m.vmdk", "parent", "missing.vmdk"],
+    );
+    expect_err(
+        &desc("n.vmdk", "2", "1", "../n.vmdk"),
+        &["n.vmdk", "parentFileNameHint"],
+    );
     desc("p.vmdk", "1", "2", "q.vmdk");
     expect_err(&desc("q.vmdk", "2", "1", "p.vmdk"), &["loop"]);
     desc("base.vmdk", "7", "ffffffff", "");
-    expect_err(&desc("child.vmdk", "8", "6", "base.vmdk"), &["child.vmdk", "parentCID"]);
+    expect_err(
+        &desc("child.vmdk", "8", "6", "base.vmdk"),
+        &["child.vmdk", "parentCID"],
+    );
     assert!(try_read(&desc("child2.vmdk", "8", "7", "base.vmdk")).is_ok());
 }
 
@@ -224,7 +285,11 @@ fn random_bit_flips_never_panic() {
     for sub in [Subformat::MonolithicSparse, Subformat::StreamOptimized] {
         let (_, bytes) = image(t.path(), sub, MIB8);
         let p = t.path().join("flip.vmdk");
-        let hot = if sub == Subformat::MonolithicSparse { 32 * 512 } else { bytes.len() };
+        let hot = if sub == Subformat::MonolithicSparse {
+            32 * 512
+        } else {
+            bytes.len()
+        };
         for _ in 0..300 {
             let mut b = bytes.clone();
             for _ in 0..1 + next() % 4 {

@@ -26,14 +26,21 @@ fn corpus_rows() {
                 }
                 // The allocation map must cover the disk exactly.
                 let ext = img.extents(0, img.size()).unwrap();
-                assert_eq!(ext.iter().map(|e| e.length).sum::<u64>(), img.size(), "{file}");
+                assert_eq!(
+                    ext.iter().map(|e| e.length).sum::<u64>(),
+                    img.size(),
+                    "{file}"
+                );
             }
             Err(e) => {
                 if expect == "valid" {
                     failures.push(format!("{file}: refused: {e}"));
                 } else {
                     let msg = e.to_string();
-                    assert!(msg.contains(".vmdk"), "{file}: error does not name the file: {msg}");
+                    assert!(
+                        msg.contains(".vmdk"),
+                        "{file}: error does not name the file: {msg}"
+                    );
                 }
             }
         }

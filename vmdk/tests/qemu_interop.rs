@@ -42,14 +42,23 @@ fn qemu_reads_what_we_write() {
         let out = d.join(format!("ours-{}.vmdk", opts.replace([',', '='], "_")));
         let report = write_vmdk(&src, &out, &o).unwrap_or_else(|e| panic!("{opts}: {e}"));
         assert_eq!(report.virtual_size, SIZE);
-        assert!(report.grains_written >= 7 && report.grains_written <= 10, "{opts}: {report:?}");
+        assert!(
+            report.grains_written >= 7 && report.grains_written <= 10,
+            "{opts}: {report:?}"
+        );
         let outs = out.to_str().unwrap();
-        qemu_img(&["compare", "-q", "-f", "raw", "-F", "vmdk", "src.raw", outs], d);
+        qemu_img(
+            &["compare", "-q", "-f", "raw", "-F", "vmdk", "src.raw", outs],
+            d,
+        );
         if !opts.contains("Flat") {
             qemu_img(&["check", "-f", "vmdk", outs], d);
         }
         let info = qemu_img(&["info", "--output=json", outs], d);
-        assert!(info.contains(&format!("\"virtual-size\": {SIZE}")), "{opts}: {info}");
+        assert!(
+            info.contains(&format!("\"virtual-size\": {SIZE}")),
+            "{opts}: {info}"
+        );
         let img = VmdkImage::open(&out).unwrap();
         assert_eq!(read_all(&img), content, "{opts}: our reader disagrees");
         let i = img.info();
@@ -69,7 +78,10 @@ fn qemu_reads_what_we_write() {
                 .sum();
             // The last grain is partial: the map stops at the virtual size.
             let full = report.grains_written * 65536;
-            assert!(data <= full && data > full - 65536, "{opts}: {data} vs {full}");
+            assert!(
+                data <= full && data > full - 65536,
+                "{opts}: {data} vs {full}"
+            );
         }
     }
 }
@@ -86,7 +98,10 @@ fn stream_to_plain_writer_reads_back() {
         assert!(d <= total && d >= done.get());
         done.set(d);
     };
-    let opts = WriteOptions { progress: Some(&progress), ..Default::default() };
+    let opts = WriteOptions {
+        progress: Some(&progress),
+        ..Default::default()
+    };
     let n = write_stream_optimized(&src, &mut out, &opts).unwrap();
     assert_eq!(n, out.len() as u64);
     assert_eq!(done.get(), SIZE);
@@ -101,7 +116,12 @@ fn stream_to_plain_writer_reads_back() {
     let img = VmdkImage::open_single(Arc::new(slice), "member.vmdk").unwrap();
     assert_eq!(read_all(&img), content);
     std::fs::write(t.path().join("s.vmdk"), &out).unwrap();
-    qemu_img(&["compare", "-q", "-f", "raw", "-F", "vmdk", "src.raw", "s.vmdk"], t.path());
+    qemu_img(
+        &[
+            "compare", "-q", "-f", "raw", "-F", "vmdk", "src.raw", "s.vmdk",
+        ],
+        t.path(),
+    );
 }
 
 #[test]
@@ -130,7 +150,17 @@ fn we_read_what_qemu_writes() {
         let sub = d.join(format!("q{i}"));
         std::fs::create_dir(&sub).unwrap();
         qemu_img(
-            &["convert", "-f", "raw", "-O", "vmdk", "-o", opts, "src.raw", &format!("q{i}/d.vmdk")],
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                opts,
+                "src.raw",
+                &format!("q{i}/d.vmdk"),
+            ],
             d,
         );
         let img = VmdkImage::open(&sub.join("d.vmdk")).unwrap_or_else(|e| panic!("{opts}: {e}"));
@@ -152,7 +182,19 @@ fn qemu_multi_extent_two_gb_layouts() {
     let d = t.path();
     for sub in ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
         let name = format!("{sub}.vmdk");
-        qemu_img(&["create", "-q", "-f", "vmdk", "-o", &format!("subformat={sub}"), &name, "5G"], d);
+        qemu_img(
+            &[
+                "create",
+                "-q",
+                "-f",
+                "vmdk",
+                "-o",
+                &format!("subformat={sub}"),
+                &name,
+                "5G",
+            ],
+            d,
+        );
         let a: u64 = (2 << 30) - 512; // straddles the first extent boundary
         let b: u64 = 4 << 30;
         run(Command::new("qemu-io").current_dir(d).args([
@@ -202,13 +244,33 @@ fn qemu_snapshot_chain_layers() {
         run(&mut c);
     };
     qemu_img(&["create", "-q", "-f", "vmdk", "base.vmdk", "4M"], d);
-    io("base.vmdk", &["write -P 0x11 0 128k", "write -P 0x22 1M 64k"]);
+    io(
+        "base.vmdk",
+        &["write -P 0x11 0 128k", "write -P 0x22 1M 64k"],
+    );
     qemu_img(
-        &["create", "-q", "-f", "vmdk", "-o", "zeroed_grain=on", "-b", "base.vmdk", "-F", "vmdk", "mid.vmdk"],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "zeroed_grain=on",
+            "-b",
+            "base.vmdk",
+            "-F",
+            "vmdk",
+            "mid.vmdk",
+        ],
         d,
     );
     io("mid.vmdk", &["write -P 0x33 64k 64k", "write -z 1M 64k"]);
-    qemu_img(&["create", "-q", "-f", "vmdk", "-b", "mid.vmdk", "-F", "vmdk", "top.vmdk"], d);
+    qemu_img(
+        &[
+            "create", "-q", "-f", "vmdk", "-b", "mid.vmdk", "-F", "vmdk", "top.vmdk",
+        ],
+        d,
+    );
     io("top.vmdk", &["write -P 0x44 3M 4k"]);
 
     let img = VmdkImage::open(&d.join("top.vmdk")).unwrap();
@@ -221,15 +283,46 @@ fn qemu_snapshot_chain_layers() {
     assert!(layers[0].file.ends_with("base.vmdk"));
     assert!(layers[2].file.ends_with("top.vmdk"));
     for (layer, name) in layers.iter().zip(["base", "mid", "top"]) {
-        qemu_img(&["convert", "-f", "vmdk", "-O", "raw", &format!("{name}.vmdk"), &format!("{name}.raw")], d);
+        qemu_img(
+            &[
+                "convert",
+                "-f",
+                "vmdk",
+                "-O",
+                "raw",
+                &format!("{name}.vmdk"),
+                &format!("{name}.raw"),
+            ],
+            d,
+        );
         let expect = std::fs::read(d.join(format!("{name}.raw"))).unwrap();
-        assert!(read_all(&layer.content) == expect, "layer {name} differs from qemu's view");
+        assert!(
+            read_all(&layer.content) == expect,
+            "layer {name} differs from qemu's view"
+        );
     }
     let kinds = |i: usize| -> Vec<(u64, u64, Allocation)> {
-        layers[i].allocation().unwrap().iter().map(|e| (e.offset, e.length, e.kind)).collect()
+        layers[i]
+            .allocation()
+            .unwrap()
+            .iter()
+            .map(|e| (e.offset, e.length, e.kind))
+            .collect()
     };
-    assert_eq!(kinds(0), vec![(0, 128 << 10, Allocation::Data), (1 << 20, 64 << 10, Allocation::Data)]);
-    assert_eq!(kinds(1), vec![(64 << 10, 64 << 10, Allocation::Data), (1 << 20, 64 << 10, Allocation::Zero)]);
+    assert_eq!(
+        kinds(0),
+        vec![
+            (0, 128 << 10, Allocation::Data),
+            (1 << 20, 64 << 10, Allocation::Data)
+        ]
+    );
+    assert_eq!(
+        kinds(1),
+        vec![
+            (64 << 10, 64 << 10, Allocation::Data),
+            (1 << 20, 64 << 10, Allocation::Zero)
+        ]
+    );
     assert_eq!(kinds(2), vec![(3 << 20, 64 << 10, Allocation::Data)]);
     // Merged map of the whole chain.
     let merged: Vec<_> = img
@@ -253,6 +346,9 @@ fn qemu_snapshot_chain_layers() {
     let pos = mid.windows(4).position(|w| w == b"CID=").unwrap();
     mid[pos + 4] = if mid[pos + 4] == b'0' { b'1' } else { b'0' };
     std::fs::write(d.join("mid.vmdk"), &mid).unwrap();
-    let e = VmdkImage::open(&d.join("top.vmdk")).err().unwrap().to_string();
+    let e = VmdkImage::open(&d.join("top.vmdk"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("top.vmdk") && e.contains("parentCID"), "{e}");
 }

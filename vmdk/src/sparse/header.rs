@@ -126,7 +126,10 @@ impl SparseHeader {
             ]),
         };
         if !(1..=3).contains(&h.version) {
-            return Err(bad("version", format!("{} (supported: 1, 2, 3)", h.version)));
+            return Err(bad(
+                "version",
+                format!("{} (supported: 1, 2, 3)", h.version),
+            ));
         }
         if h.grain_size == 0 || h.grain_size > MAX_GRAIN_SECTORS {
             return Err(bad(
@@ -143,7 +146,10 @@ impl SparseHeader {
         if h.capacity > MAX_CAPACITY_SECTORS {
             return Err(bad(
                 "capacity",
-                format!("{} sectors exceeds the {MAX_CAPACITY_SECTORS}-sector limit", h.capacity),
+                format!(
+                    "{} sectors exceeds the {MAX_CAPACITY_SECTORS}-sector limit",
+                    h.capacity
+                ),
             ));
         }
         if h.flags & FLAG_NEWLINE_TEST != 0 && h.newline_chars != *b"\n \r\n" {
@@ -162,7 +168,10 @@ impl SparseHeader {
             ));
         }
         if h.descriptor_size > 0 && h.descriptor_offset == 0 {
-            return Err(bad("descriptorOffset", "0 with a non-zero descriptorSize".into()));
+            return Err(bad(
+                "descriptorOffset",
+                "0 with a non-zero descriptorSize".into(),
+            ));
         }
         Ok(h)
     }
@@ -275,7 +284,8 @@ mod tests {
 
     #[test]
     fn refuses_bad_fields() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut SparseHeader)>)> = vec![
+        type Edit = Box<dyn Fn(&mut SparseHeader)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("version", Box::new(|h| h.version = 4)),
             ("grainSize", Box::new(|h| h.grain_size = 0)),
             ("grainSize", Box::new(|h| h.grain_size = 1 << 40)),
@@ -293,7 +303,9 @@ mod tests {
         for (field, f) in cases {
             let mut h = sample();
             f(&mut h);
-            let e = SparseHeader::decode(&h.encode(), "bad.vmdk").unwrap_err().to_string();
+            let e = SparseHeader::decode(&h.encode(), "bad.vmdk")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("bad.vmdk") && e.contains(field), "{e}");
         }
         let mut b = sample().encode();

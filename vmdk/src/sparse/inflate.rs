@@ -18,18 +18,25 @@ pub fn inflate_grain(input: &[u8], grain_bytes: usize, file: &str, offset: u64) 
     }
 }
 
-fn inflate_with(input: &[u8], grain_bytes: usize, zlib: bool) -> std::result::Result<Vec<u8>, String> {
+fn inflate_with(
+    input: &[u8],
+    grain_bytes: usize,
+    zlib: bool,
+) -> std::result::Result<Vec<u8>, String> {
     let mut out = vec![0u8; grain_bytes];
     let mut d = Decompress::new(zlib);
     match d.decompress(input, &mut out, FlushDecompress::Finish) {
         Ok(Status::StreamEnd) => {
-            let n = usize::try_from(d.total_out()).map_err(|_| "output size overflow".to_string())?;
+            let n =
+                usize::try_from(d.total_out()).map_err(|_| "output size overflow".to_string())?;
             out.truncate(n);
             Ok(out)
         }
         Ok(_) => {
             if d.total_out() >= grain_bytes as u64 {
-                Err(format!("inflates to more than the grain size ({grain_bytes} bytes)"))
+                Err(format!(
+                    "inflates to more than the grain size ({grain_bytes} bytes)"
+                ))
             } else {
                 Err(format!(
                     "deflate stream truncated after {} input bytes",
@@ -49,7 +56,8 @@ mod tests {
     fn zlib(data: &[u8]) -> Vec<u8> {
         let mut c = Compress::new(Compression::new(1), true);
         let mut out = Vec::with_capacity(data.len() + 1024);
-        c.compress_vec(data, &mut out, FlushCompress::Finish).unwrap();
+        c.compress_vec(data, &mut out, FlushCompress::Finish)
+            .unwrap();
         out
     }
 
@@ -60,7 +68,9 @@ mod tests {
         assert_eq!(inflate_grain(&z, 65536, "f", 0).unwrap(), data);
         let e = inflate_grain(&z, 4096, "f", 7).unwrap_err().to_string();
         assert!(e.contains("grain size") && e.contains("byte 7"), "{e}");
-        let e = inflate_grain(&z[..z.len() / 2], 65536, "f", 0).unwrap_err().to_string();
+        let e = inflate_grain(&z[..z.len() / 2], 65536, "f", 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("truncated"), "{e}");
         assert!(inflate_grain(&[0xff; 64], 65536, "f", 0).is_err());
     }

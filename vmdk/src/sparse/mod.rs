@@ -165,8 +165,9 @@ impl SparseExtent {
                 ));
             }
             let mut raw = vec![0u8; (ge - gs) as usize];
-            file.read_at(&mut raw, gs)
-                .map_err(|e| VmdkError::io(name, format!("read grain directory at byte {gs}"), e))?;
+            file.read_at(&mut raw, gs).map_err(|e| {
+                VmdkError::io(name, format!("read grain directory at byte {gs}"), e)
+            })?;
             let gd: Vec<u32> = raw
                 .chunks_exact(4)
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -243,7 +244,11 @@ impl SparseExtent {
         let mut raw = vec![0u8; n * 4];
         let at = u64::from(gde) * SECTOR;
         self.file.read_at(&mut raw, at).map_err(|e| {
-            VmdkError::io(&self.name, format!("read grain table {gd_index} at byte {at}"), e)
+            VmdkError::io(
+                &self.name,
+                format!("read grain table {gd_index} at byte {at}"),
+                e,
+            )
         })?;
         let gt: Arc<Vec<u32>> = Arc::new(
             raw.chunks_exact(4)
@@ -351,7 +356,7 @@ impl SparseExtent {
 
     fn read_grain(&self, grain: u64, sector: u64, in_grain: u64, out: &mut [u8]) -> Result<()> {
         let field = || format!("grain table entry for grain {grain}");
-        let start = sector.checked_mul(SECTOR).unwrap_or(u64::MAX);
+        let start = sector.saturating_mul(SECTOR);
         if self.header.compressed() {
             let data = self.inflate(grain, start)?;
             let from = in_grain as usize;
@@ -361,12 +366,15 @@ impl SparseExtent {
             return Ok(());
         }
         let len = self.grain_len(grain);
-        let end = start.checked_add(len).unwrap_or(u64::MAX);
+        let end = start.saturating_add(len);
         if end > self.file_len {
             return Err(VmdkError::invalid(
                 &self.name,
                 field(),
-                format!("sector {sector} lies past the end of the file ({} bytes)", self.file_len),
+                format!(
+                    "sector {sector} lies past the end of the file ({} bytes)",
+                    self.file_len
+                ),
             ));
         }
         if overlaps(&self.metadata, start, end) {
@@ -393,13 +401,20 @@ impl SparseExtent {
             return Err(VmdkError::invalid(
                 &self.name,
                 field(),
-                format!("byte {start} lies past the end of the file ({} bytes)", self.file_len),
+                format!(
+                    "byte {start} lies past the end of the file ({} bytes)",
+                    self.file_len
+                ),
             ));
         }
         let (data_start, data_end) = if self.header.markers() {
             let mut m = [0u8; 12];
             if start + 12 > self.file_len {
-                return Err(VmdkError::invalid(&self.name, field(), "grain marker truncated"));
+                return Err(VmdkError::invalid(
+                    &self.name,
+                    field(),
+                    "grain marker truncated",
+                ));
             }
             self.file.read_at(&mut m, start).map_err(|e| {
                 VmdkError::io(&self.name, format!("read grain marker at byte {start}"), e)
@@ -410,7 +425,10 @@ impl SparseExtent {
                 return Err(VmdkError::invalid(
                     &self.name,
                     format!("grain marker at byte {start}"),
-                    format!("LBA {} where grain {grain} (LBA {lba}) was expected", marker.val),
+                    format!(
+                        "LBA {} where grain {grain} (LBA {lba}) was expected",
+                        marker.val
+                    ),
                 ));
             }
             let size = u64::from(marker.size);
@@ -418,7 +436,10 @@ impl SparseExtent {
                 return Err(VmdkError::invalid(
                     &self.name,
                     format!("grain marker at byte {start}"),
-                    format!("compressed size {size} (grain is {} bytes)", self.grain_bytes),
+                    format!(
+                        "compressed size {size} (grain is {} bytes)",
+                        self.grain_bytes
+                    ),
                 ));
             }
             (start + 12, start + 12 + size)
@@ -429,7 +450,10 @@ impl SparseExtent {
             return Err(VmdkError::invalid(
                 &self.name,
                 format!("grain marker at byte {start}"),
-                format!("compressed data runs past the end of the file ({} bytes)", self.file_len),
+                format!(
+                    "compressed data runs past the end of the file ({} bytes)",
+                    self.file_len
+                ),
             ));
         }
         if self.header.markers() && overlaps(&self.metadata, start, data_end) {
@@ -441,7 +465,11 @@ impl SparseExtent {
         }
         let mut input = vec![0u8; (data_end - data_start) as usize];
         self.file.read_at(&mut input, data_start).map_err(|e| {
-            VmdkError::io(&self.name, format!("read compressed grain at byte {data_start}"), e)
+            VmdkError::io(
+                &self.name,
+                format!("read compressed grain at byte {data_start}"),
+                e,
+            )
         })?;
         let data = inflate_grain(&input, self.grain_bytes as usize, &self.name, start)?;
         let need = self.grain_len(grain);

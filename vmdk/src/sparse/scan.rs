@@ -1,7 +1,9 @@
 //! Locating grains of a stream-optimized extent by walking its markers, for streams whose
 //! grain directory cannot be found (no footer).
 
-use super::header::{Marker, SparseHeader, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, SECTOR};
+use super::header::{
+    Marker, SparseHeader, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT, SECTOR,
+};
 use crate::error::{Result, VmdkError};
 use crate::source::ReadAt;
 use std::collections::BTreeMap;
@@ -30,7 +32,7 @@ pub fn scan_stream(
     let mut grains = BTreeMap::new();
     let mut buf = [0u8; 512];
     loop {
-        let pos = sector.checked_mul(SECTOR).unwrap_or(u64::MAX);
+        let pos = sector.saturating_mul(SECTOR);
         if sector >= file_sectors {
             return Err(VmdkError::invalid(
                 name,

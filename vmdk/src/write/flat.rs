@@ -95,7 +95,8 @@ pub(super) fn write_monolithic_flat(
         offset_sectors: 0,
     };
     let desc = make_descriptor(opts, sectors, extent).render();
-    std::fs::write(dest, desc.as_bytes()).map_err(|e| VmdkError::io(&dname, "write descriptor", e))?;
+    std::fs::write(dest, desc.as_bytes())
+        .map_err(|e| VmdkError::io(&dname, "write descriptor", e))?;
     report.bytes_written += desc.len() as u64;
     Ok(report)
 }

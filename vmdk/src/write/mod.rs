@@ -32,7 +32,11 @@ pub(crate) const BATCH_GRAINS: u64 = 16;
 
 /// Writes `source` as a VMDK at `dest` in `opts.subformat`. monolithicFlat also creates
 /// `STEM-flat.vmdk` beside `dest`.
-pub fn write_vmdk(source: &dyn BlockSource, dest: &Path, opts: &WriteOptions) -> Result<WriteReport> {
+pub fn write_vmdk(
+    source: &dyn BlockSource,
+    dest: &Path,
+    opts: &WriteOptions,
+) -> Result<WriteReport> {
     check_options(opts, dest)?;
     match opts.subformat {
         Subformat::MonolithicSparse => sparse::write_monolithic_sparse(source, dest, opts),
@@ -94,17 +98,25 @@ pub(crate) fn make_descriptor(opts: &WriteOptions, sectors: u64, extent: ExtentL
         extents: vec![extent],
         ..Default::default()
     };
-    let hw = if opts.compat6 { 6 } else { opts.hw_version.unwrap_or(4) };
+    let hw = if opts.compat6 {
+        6
+    } else {
+        opts.hw_version.unwrap_or(4)
+    };
     let heads = opts.adapter_type.heads();
     let cylinders = (sectors * SECTOR).div_ceil(63 * heads * SECTOR);
     d.ddb.insert("ddb.virtualHWVersion".into(), hw.to_string());
-    d.ddb.insert("ddb.geometry.cylinders".into(), cylinders.to_string());
+    d.ddb
+        .insert("ddb.geometry.cylinders".into(), cylinders.to_string());
     d.ddb.insert("ddb.geometry.heads".into(), heads.to_string());
     d.ddb.insert("ddb.geometry.sectors".into(), "63".into());
-    d.ddb.insert("ddb.adapterType".into(), opts.adapter_type.as_str().into());
+    d.ddb
+        .insert("ddb.adapterType".into(), opts.adapter_type.as_str().into());
     d.ddb.insert(
         "ddb.toolsVersion".into(),
-        opts.tools_version.clone().unwrap_or_else(|| "2147483647".into()),
+        opts.tools_version
+            .clone()
+            .unwrap_or_else(|| "2147483647".into()),
     );
     d
 }
@@ -137,12 +149,20 @@ pub fn is_zero(buf: &[u8]) -> bool {
 
 /// Runs `[first_grain, first_grain + count)` of grains that overlap `Data` in the window
 /// `[start, start + len)` of the source.
-pub(crate) fn data_grain_runs(source: &dyn BlockSource, start: u64, len: u64) -> Result<Vec<(u64, u64)>> {
-    let extents = source
-        .extents(start, len)
-        .map_err(|e| VmdkError::Source { offset: start, source: e })?;
+pub(crate) fn data_grain_runs(
+    source: &dyn BlockSource,
+    start: u64,
+    len: u64,
+) -> Result<Vec<(u64, u64)>> {
+    let extents = source.extents(start, len).map_err(|e| VmdkError::Source {
+        offset: start,
+        source: e,
+    })?;
     let mut runs: Vec<(u64, u64)> = Vec::new();
-    for e in extents.iter().filter(|e| e.kind == Allocation::Data && e.length > 0) {
+    for e in extents
+        .iter()
+        .filter(|e| e.kind == Allocation::Data && e.length > 0)
+    {
         let first = e.offset / GRAIN_BYTES;
         let last = (e.end() - 1) / GRAIN_BYTES;
         match runs.last_mut() {
@@ -157,7 +177,12 @@ pub(crate) fn data_grain_runs(source: &dyn BlockSource, start: u64, len: u64) ->
 }
 
 /// Reads `count` grains from `first`, zero-padded past the end of the source.
-pub(crate) fn read_grains(source: &dyn BlockSource, first: u64, count: u64, buf: &mut Vec<u8>) -> Result<()> {
+pub(crate) fn read_grains(
+    source: &dyn BlockSource,
+    first: u64,
+    count: u64,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     let offset = first * GRAIN_BYTES;
     let want = (count * GRAIN_BYTES) as usize;
     buf.clear();

@@ -8,9 +8,7 @@ use super::{
 };
 use crate::error::{Result, VmdkError};
 use crate::source::BlockSource;
-use crate::sparse::header::{
-    FLAG_NEWLINE_TEST, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN,
-};
+use crate::sparse::header::{FLAG_NEWLINE_TEST, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN};
 use crate::sparse::{SparseHeader, SECTOR};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -39,7 +37,11 @@ pub(super) fn write_monolithic_sparse(
         version: if opts.zeroed_grain { 2 } else { 1 },
         flags: FLAG_NEWLINE_TEST
             | FLAG_REDUNDANT_GD
-            | if opts.zeroed_grain { FLAG_ZEROED_GRAIN } else { 0 },
+            | if opts.zeroed_grain {
+                FLAG_ZEROED_GRAIN
+            } else {
+                0
+            },
         capacity: sectors,
         grain_size: GRAIN_SECTORS,
         descriptor_offset: 1,
@@ -61,7 +63,8 @@ pub(super) fn write_monolithic_sparse(
         });
     }
     let file = File::create(dest).map_err(|e| werr("create", e))?;
-    file.set_len(overhead * SECTOR).map_err(|e| werr("set length", e))?;
+    file.set_len(overhead * SECTOR)
+        .map_err(|e| werr("set length", e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let at = |w: &mut BufWriter<File>, sector: u64, data: &[u8], what: &str| -> Result<()> {
         w.seek(SeekFrom::Start(sector * SECTOR))
@@ -124,14 +127,17 @@ pub(super) fn write_monolithic_sparse(
         }
         if used {
             let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-            at(&mut w, rgt + t * gt_sectors, &bytes, "redundant grain table")?;
+            at(
+                &mut w,
+                rgt + t * gt_sectors,
+                &bytes,
+                "redundant grain table",
+            )?;
             at(&mut w, gt + t * gt_sectors, &bytes, "grain table")?;
         }
         report_progress(opts, start + len, total);
     }
-    let file = w
-        .into_inner()
-        .map_err(|e| werr("flush", e.into_error()))?;
+    let file = w.into_inner().map_err(|e| werr("flush", e.into_error()))?;
     file.sync_all().map_err(|e| werr("sync", e))?;
     report.bytes_written = next * SECTOR;
     Ok(report)

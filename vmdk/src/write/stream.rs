@@ -15,8 +15,8 @@ use super::{
 use crate::error::{Result, VmdkError};
 use crate::source::BlockSource;
 use crate::sparse::header::{
-    COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, MARKER_EOS,
-    MARKER_FOOTER, MARKER_GD, MARKER_GT,
+    COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, MARKER_EOS, MARKER_FOOTER,
+    MARKER_GD, MARKER_GT,
 };
 use crate::sparse::{Marker, SparseHeader, GD_AT_END, SECTOR};
 use flate2::{Compress, Compression, FlushCompress, Status};
@@ -82,7 +82,11 @@ struct Counted<W: Write> {
 impl<W: Write> Counted<W> {
     fn put(&mut self, data: &[u8], what: &str) -> Result<()> {
         self.inner.write_all(data).map_err(|e| {
-            VmdkError::io(&self.name, format!("write {what} at byte {}", self.bytes), e)
+            VmdkError::io(
+                &self.name,
+                format!("write {what} at byte {}", self.bytes),
+                e,
+            )
         })?;
         self.bytes += data.len() as u64;
         Ok(())
@@ -147,7 +151,10 @@ fn stream_to<W: Write>(
     let mut cur_gt: Option<u64> = None;
 
     let flush_gt = |w: &mut Counted<W>, t: u64, table: &mut [u32], gd: &mut [u32]| -> Result<()> {
-        w.put(&Marker::metadata_sector(GTES_PER_GT * 4 / SECTOR, MARKER_GT), "GT marker")?;
+        w.put(
+            &Marker::metadata_sector(GTES_PER_GT * 4 / SECTOR, MARKER_GT),
+            "GT marker",
+        )?;
         gd[t as usize] = u32::try_from(w.sector()).map_err(|_| VmdkError::Write {
             file: name.to_string(),
             detail: "stream exceeds the 2 TiB a sparse extent can address".into(),
@@ -252,12 +259,12 @@ fn stream_to<W: Write>(
         // Stop the pipeline on error: dropping the receivers unblocks every sender.
         drop(done_rx);
         drop(token_tx);
-        let read_result = reader
-            .join()
-            .unwrap_or_else(|_| Err(VmdkError::Write {
+        let read_result = reader.join().unwrap_or_else(|_| {
+            Err(VmdkError::Write {
                 file: name.to_string(),
                 detail: "source reader thread panicked".into(),
-            }));
+            })
+        });
         outcome?;
         read_result?;
         if !pending.is_empty() {
@@ -280,7 +287,10 @@ fn stream_to<W: Write>(
     w.put(&gd_bytes, "grain directory")?;
     w.put(&Marker::metadata_sector(1, MARKER_FOOTER), "footer marker")?;
     w.put(&header.encode(), "footer")?;
-    w.put(&Marker::metadata_sector(0, MARKER_EOS), "end-of-stream marker")?;
+    w.put(
+        &Marker::metadata_sector(0, MARKER_EOS),
+        "end-of-stream marker",
+    )?;
     w.inner
         .flush()
         .map_err(|e| VmdkError::io(name, "flush", e))?;
@@ -324,7 +334,8 @@ fn compress_job(c: &mut Compress, job: &Job) -> Result<Done> {
         }
         let g = job.first_grain + i as u64;
         let start = done.bytes.len();
-        done.bytes.extend_from_slice(&(g * GRAIN_SECTORS).to_le_bytes());
+        done.bytes
+            .extend_from_slice(&(g * GRAIN_SECTORS).to_le_bytes());
         done.bytes.extend_from_slice(&[0u8; 4]);
         deflate_into(c, grain, &mut done.bytes).map_err(|detail| VmdkError::Write {
             file: "stream".into(),
@@ -340,7 +351,11 @@ fn compress_job(c: &mut Compress, job: &Job) -> Result<Done> {
 }
 
 /// Deflates `data` (zlib framing) and appends it to `out`.
-fn deflate_into(c: &mut Compress, data: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), String> {
+fn deflate_into(
+    c: &mut Compress,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), String> {
     c.reset();
     loop {
         out.reserve(data.len() / 8 + 1024);

@@ -37,7 +37,9 @@ pub fn read_all(src: &dyn BlockSource) -> Vec<u8> {
 
 /// Runs a command, panicking with its stderr on failure; returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -103,12 +105,19 @@ impl BlockSource for MemSource {
             .filter(|e| e.end() > offset && e.offset < end)
             .map(|e| {
                 let s = e.offset.max(offset);
-                Extent { offset: s, length: e.end().min(end) - s, kind: e.kind }
+                Extent {
+                    offset: s,
+                    length: e.end().min(end) - s,
+                    kind: e.kind,
+                }
             })
             .collect())
     }
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("vmdk-test").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("vmdk-test")
+        .tempdir()
+        .unwrap()
 }
