@@ -20,3 +20,15 @@ mod parse;
 
 pub use error::{OvfError, Result};
 pub use parse::{parse_descriptor, ParsedDescriptor, MAX_DESCRIPTOR_BYTES};
+
+pub mod cert;
+pub mod generate;
+pub mod manifest;
+pub mod tar;
+
+mod package;
+mod xmlwrite;
+mod verify;
+
+pub use package::PackageKind;
+pub use verify::{DigestCheck, FileStatus, ManifestReport};
