@@ -304,7 +304,13 @@ fn compress_worker(
     tx: &std::sync::mpsc::SyncSender<Result<Done>>,
     level: u32,
 ) {
-    let mut c = Compress::new(Compression::new(level), true);
+    let mut c = Deflaters {
+        main: Compress::new(Compression::new(level), true),
+        probe: Compress::new(Compression::new(1), true),
+        stored: Compress::new(Compression::new(0), true),
+        scratch: Vec::with_capacity(2 * PROBE_BYTES),
+        level,
+    };
     loop {
         let job = {
             let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
@@ -318,7 +324,7 @@ fn compress_worker(
     }
 }
 
-fn compress_job(c: &mut Compress, job: &Job) -> Result<Done> {
+fn compress_job(c: &mut Deflaters, job: &Job) -> Result<Done> {
     let count = job.data.len() as u64 / GRAIN_BYTES;
     let mut done = Done {
         seq: job.seq,
@@ -337,10 +343,11 @@ fn compress_job(c: &mut Compress, job: &Job) -> Result<Done> {
         done.bytes
             .extend_from_slice(&(g * GRAIN_SECTORS).to_le_bytes());
         done.bytes.extend_from_slice(&[0u8; 4]);
-        deflate_into(c, grain, &mut done.bytes).map_err(|detail| VmdkError::Write {
-            file: "stream".into(),
-            detail: format!("deflate of grain {g} failed: {detail}"),
-        })?;
+        c.deflate_grain(grain, &mut done.bytes)
+            .map_err(|detail| VmdkError::Write {
+                file: "stream".into(),
+                detail: format!("deflate of grain {g} failed: {detail}"),
+            })?;
         let size = (done.bytes.len() - start - 12) as u32;
         done.bytes[start + 8..start + 12].copy_from_slice(&size.to_le_bytes());
         let padded = (done.bytes.len() - start).div_ceil(SECTOR as usize) * SECTOR as usize;
@@ -348,6 +355,38 @@ fn compress_job(c: &mut Compress, job: &Job) -> Result<Done> {
         done.grains.push((g, padded as u64 / SECTOR));
     }
     Ok(done)
+}
+
+/// Bytes of a grain test-compressed to detect incompressible data.
+const PROBE_BYTES: usize = 4096;
+
+/// A worker's deflate streams.
+struct Deflaters {
+    main: Compress,
+    probe: Compress,
+    stored: Compress,
+    scratch: Vec<u8>,
+    level: u32,
+}
+
+impl Deflaters {
+    /// Deflates one grain. Incompressible grains (random or already compressed data: the
+    /// first 4 KiB do not shrink at level 1) are written as stored deflate blocks, which
+    /// costs a copy instead of a futile search and is smaller than a failed compression.
+    fn deflate_grain(
+        &mut self,
+        grain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), String> {
+        if self.level > 0 && grain.len() > PROBE_BYTES {
+            self.scratch.clear();
+            deflate_into(&mut self.probe, &grain[..PROBE_BYTES], &mut self.scratch)?;
+            if self.scratch.len() >= PROBE_BYTES - PROBE_BYTES / 64 {
+                return deflate_into(&mut self.stored, grain, out);
+            }
+        }
+        deflate_into(&mut self.main, grain, out)
+    }
 }
 
 /// Deflates `data` (zlib framing) and appends it to `out`.
