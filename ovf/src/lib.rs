@@ -16,6 +16,9 @@ pub mod ns;
 pub mod units;
 
 mod encoding;
+mod export;
+mod import;
+mod inspect;
 mod parse;
 
 pub use error::{OvfError, Result};
@@ -24,6 +27,7 @@ pub use parse::{parse_descriptor, ParsedDescriptor, MAX_DESCRIPTOR_BYTES};
 pub mod cert;
 pub mod generate;
 pub mod manifest;
+pub mod mapping;
 pub mod tar;
 
 mod package;
@@ -32,3 +36,8 @@ mod verify;
 
 pub use package::PackageKind;
 pub use verify::{DigestCheck, FileStatus, ManifestReport};
+pub use export::{export, ExportDisk, ExportOptions, ExportProgress, ExportReport, ExportedFile};
+pub use generate::OvfVersion;
+pub use import::{import_verify, import_verify_with, BlankDisk, ImportDisk, ImportOptions, VerifiedPackage};
+pub use inspect::{inspect, inspect_with, InspectOptions, InspectReport, SystemReport};
+pub use cert::CertificateStatus;

@@ -17,7 +17,7 @@ use crate::model::{Envelope, FileRef};
 use crate::package::Package;
 
 /// Most chunk files one `File` may be split into.
-const MAX_CHUNKS: u64 = 100_000;
+pub(crate) const MAX_CHUNKS: u64 = 100_000;
 /// Largest certificate file read.
 const MAX_CERT_BYTES: u64 = 1024 * 1024;
 
@@ -83,13 +83,12 @@ pub(crate) struct Verification {
     pub warnings: Vec<String>,
 }
 
-struct Checker<'a> {
-    pkg: &'a Package,
+struct Checker {
     mode: Mode,
     warnings: Vec<String>,
 }
 
-impl Checker<'_> {
+impl Checker {
     /// A content problem: an error on import, a warning on inspect.
     fn content(&mut self, err: OvfError) -> Result<()> {
         match self.mode {
@@ -147,7 +146,6 @@ pub(crate) fn digest_member(pkg: &Package, name: &str, alg: DigestAlgorithm) -> 
 
 pub(crate) fn verify(pkg: &Package, env: &Envelope, mode: Mode) -> Result<Verification> {
     let mut ck = Checker {
-        pkg,
         mode,
         warnings: Vec::new(),
     };

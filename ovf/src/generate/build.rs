@@ -97,7 +97,7 @@ fn item(class: ItemClass, id: usize, rt: u32, name: String) -> HardwareItem {
 }
 
 /// (ResourceType, ResourceSubType, description) of the controller for a bus.
-pub(crate) fn controller_for(bus: DiskBus) -> (u32, Option<&'static str>, &'static str) {
+pub fn controller_for(bus: DiskBus) -> (u32, Option<&'static str>, &'static str) {
     match bus {
         DiskBus::Ide => (5, None, "IDE Controller"),
         DiskBus::Scsi => (6, Some("lsilogic"), "SCSI Controller"),

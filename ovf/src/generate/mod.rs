@@ -5,10 +5,9 @@ mod build;
 mod write;
 
 pub use build::{
-    build_envelope, id_from_name, DiskFacts, OvfVersion, ANNOTATION_KEY, ANNOTATION_PRODUCT_CLASS,
+    build_envelope, controller_for, id_from_name, DiskFacts, OvfVersion, ANNOTATION_KEY, ANNOTATION_PRODUCT_CLASS,
     STREAM_OPTIMIZED_URI, SYSTEM_TYPE,
 };
-pub(crate) use build::controller_for;
 pub use write::write_descriptor;
 
 use vdisk_vmconfig::VmConfig;

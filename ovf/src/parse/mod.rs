@@ -4,7 +4,7 @@
 //! here and nowhere else: OVF 0.9 and oVirt `Section xsi:type` / `Content xsi:type`, oVirt's
 //! unqualified elements, both qualified (`ovf:href`) and unqualified (`href`) attributes.
 
-mod check;
+pub(crate) mod check;
 mod ctx;
 mod hardware;
 mod sections;
