@@ -1,1 +1,63 @@
-fn main() {}
+//! `vdisk`: snapshot-centric virtual disks from the command line.
+//!
+//! Thin glue: each subcommand parses its arguments and calls one library function.
+
+mod blockio;
+mod cmd;
+mod open;
+mod progress;
+mod size;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Snapshot-centric virtual disks: layered copy-on-write bundles, snapshots, conversion.
+#[derive(Parser)]
+#[command(name = "vdisk", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new disk bundle.
+    Create(cmd::create::Args),
+    /// Show a disk's size, geometry, layers and snapshots.
+    Info(cmd::info::Args),
+    /// Write bytes from a file or stdin into the disk's head.
+    Write(cmd::io::WriteArgs),
+    /// Read bytes from the head or a snapshot to a file or stdout.
+    Read(cmd::io::ReadArgs),
+    /// Create, list, delete, revert, rename, pin snapshots.
+    #[command(subcommand)]
+    Snapshot(cmd::snapshot::Command),
+    /// Convert between formats (raw, vdisk), sparse-aware.
+    Convert(cmd::convert::Args),
+    /// Verify every structure and checksum of a disk.
+    Check(cmd::check::Args),
+    /// Show the allocation map (data, zero, unallocated extents), like `qemu-img map`.
+    Map(cmd::map::Args),
+}
+
+fn main() -> ExitCode {
+    open::raise_fd_limit();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Create(a) => cmd::create::run(a),
+        Command::Info(a) => cmd::info::run(a),
+        Command::Write(a) => cmd::io::write(a),
+        Command::Read(a) => cmd::io::read(a),
+        Command::Snapshot(c) => cmd::snapshot::run(c),
+        Command::Convert(a) => cmd::convert::run(a),
+        Command::Check(a) => cmd::check::run(a),
+        Command::Map(a) => cmd::map::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vdisk: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,38 @@
-//! vdisk-engine
+//! vdisk-engine: the layered copy-on-write disk format, its snapshots and their lifecycle.
+//!
+//! A bundle is a chain (a tree) of layers: sealed layers are immutable and hold snapshots,
+//! the one active layer takes the writes. Everything reaches storage through a [`Store`].
+//! The on-disk format is specified in `format-spec/`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vdisk_engine::{CreateOptions, Disk, MemStore, Target, View};
+//! let store = Arc::new(MemStore::new());
+//! let disk = Disk::create(store.clone(), &CreateOptions::new(1 << 20)).unwrap();
+//! disk.write_at(b"hello", 4096).unwrap();
+//! disk.snapshot_create("first").unwrap();
+//! disk.write_at(b"world", 4096).unwrap();
+//! let snap = disk.snapshot_view("first").unwrap();
+//! let mut buf = [0u8; 5];
+//! snap.read_at(&mut buf, 4096).unwrap();
+//! assert_eq!(&buf, b"hello");
+//! ```
+
+pub mod alloc;
+pub mod check;
+pub mod disk;
+pub mod error;
+pub mod format;
+pub mod info;
+pub mod layer;
+mod resolve;
+pub mod store;
+pub mod view;
+
+pub use alloc::{Extent, ExtentKind};
+pub use disk::{CreateOptions, Disk, SnapshotInfo};
+pub use error::{Error, Result};
+pub use format::{Geometry, Id};
+pub use resolve::is_zero;
+pub use store::{CrashMode, LocalStore, MemStore, Object, Store};
+pub use view::{Target, View};

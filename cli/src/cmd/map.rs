@@ -1,0 +1,69 @@
+//! `vdisk map DISK [--snapshot NAME] [--json]`
+
+use super::print_json;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk_engine::ExtentKind;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The disk bundle.
+    pub disk: PathBuf,
+    /// Map a snapshot instead of the head.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Machine-readable output (qemu-img map style fields).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    start: u64,
+    length: u64,
+    kind: ExtentKind,
+    data: bool,
+    zero: bool,
+    present: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    depth: Option<u32>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let v = crate::open::view(&a.disk, a.snapshot.as_deref())?;
+    let ext = v.allocation(0, v.virtual_size())?;
+    let rows: Vec<Row> = ext
+        .iter()
+        .map(|e| Row {
+            start: e.offset,
+            length: e.length,
+            kind: e.kind,
+            data: e.kind == ExtentKind::Data,
+            zero: e.kind != ExtentKind::Data,
+            present: e.kind != ExtentKind::Unallocated,
+            depth: e.depth,
+        })
+        .collect();
+    if a.json {
+        print_json(&rows)?;
+    } else {
+        println!("{:<20} {:<20} {:<12} DEPTH", "OFFSET", "LENGTH", "KIND");
+        for r in &rows {
+            let kind = match r.kind {
+                ExtentKind::Data => "data",
+                ExtentKind::Zero => "zero",
+                ExtentKind::Unallocated => "unallocated",
+            };
+            println!(
+                "{:<#20x} {:<#20x} {:<12} {}",
+                r.start,
+                r.length,
+                kind,
+                r.depth.map(|d| d.to_string()).unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

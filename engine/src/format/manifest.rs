@@ -1,0 +1,489 @@
+//! The manifest: envelope and JSON payload (format-spec/bundle.md §2–3).
+
+use super::{le32, le64, Id};
+use crate::error::FieldError;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+
+/// Magic of the manifest envelope.
+pub const MAGIC: &[u8; 8] = b"VDSKMNFT";
+/// Envelope version.
+pub const VERSION: u32 = 1;
+/// Envelope header length.
+pub const HEADER_LEN: usize = 64;
+/// Largest payload accepted.
+pub const MAX_PAYLOAD: usize = 64 << 20;
+/// Most layers, snapshots and chain depth.
+pub const MAX_LAYERS: usize = 65_536;
+/// Most snapshots.
+pub const MAX_SNAPSHOTS: usize = 65_536;
+
+/// One layer of the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerRecord {
+    /// Layer id.
+    pub id: Id,
+    /// Parent layer, none for a base.
+    pub parent: Option<Id>,
+    /// Object name of the layer file.
+    pub file: String,
+    /// Sealed (immutable).
+    pub sealed: bool,
+    /// Other layer files this layer's map references.
+    #[serde(default)]
+    pub externs: Vec<String>,
+    /// Creation time (ns since the epoch).
+    pub created_ns: u64,
+}
+
+/// One snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRecord {
+    /// Snapshot id (kept across delta streams).
+    pub id: Id,
+    /// Unique name.
+    pub name: String,
+    /// Creation time (ns since the epoch).
+    pub created_ns: u64,
+    /// The sealed layer holding the snapshot's content (with its ancestors).
+    pub layer: Id,
+    /// Never merged away by the retention policy.
+    #[serde(default)]
+    pub pinned: bool,
+    /// VM state, preserved as is (versioned by its own `version` member).
+    #[serde(default)]
+    pub vm_state: Option<serde_json::Value>,
+}
+
+/// Retention policy applied by `maintain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Keep at least the newest N snapshots.
+    pub keep_last: Option<u32>,
+    /// Keep the chain of the head at most this deep.
+    pub max_chain: Option<u32>,
+    /// Keep one snapshot per hour for the last N hours.
+    pub hourly: Option<u32>,
+    /// Keep one snapshot per day for the last N days.
+    pub daily: Option<u32>,
+}
+
+/// The manifest payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Generation, equal to the envelope's.
+    pub generation: u64,
+    /// Bundle id.
+    pub bundle_id: Id,
+    /// Guest-visible size.
+    pub virtual_size: u64,
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// Subcluster size in bytes.
+    pub subcluster_size: u64,
+    /// Bundle creation time.
+    pub created_ns: u64,
+    /// The layer tree.
+    pub layers: Vec<LayerRecord>,
+    /// The writable layer.
+    pub active_layer: Id,
+    /// Snapshots in creation order.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// Retention policy.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+}
+
+/// Check a snapshot name against the manifest's rules.
+pub fn check_snapshot_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 128 {
+        return Err("must be 1 to 128 bytes");
+    }
+    if name == "." || name == ".." {
+        return Err("must not be . or ..");
+    }
+    if name.starts_with('-') {
+        return Err("must not start with '-'");
+    }
+    if name.chars().any(|c| c == '/' || c.is_control()) {
+        return Err("must not contain '/' or control characters");
+    }
+    Ok(())
+}
+
+/// Check an object name of the manifest (`layers/…` or `state/…`).
+pub fn check_object_name(name: &str) -> bool {
+    let Some((dir, file)) = name.split_once('/') else {
+        return false;
+    };
+    (dir == "layers" || dir == "state")
+        && !file.is_empty()
+        && file.len() <= 96
+        && file
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
+        && file != "."
+        && file != ".."
+}
+
+impl Manifest {
+    /// The layer record with `id`.
+    pub fn layer(&self, id: Id) -> Option<&LayerRecord> {
+        self.layers.iter().find(|l| l.id == id)
+    }
+
+    /// Mutable layer record with `id`.
+    pub fn layer_mut(&mut self, id: Id) -> Option<&mut LayerRecord> {
+        self.layers.iter_mut().find(|l| l.id == id)
+    }
+
+    /// The snapshot named `name`.
+    pub fn snapshot(&self, name: &str) -> Option<&SnapshotRecord> {
+        self.snapshots.iter().find(|s| s.name == name)
+    }
+
+    /// Ids from the base up to and including `top`.
+    pub fn chain(&self, top: Id) -> Vec<Id> {
+        let mut out = Vec::new();
+        let mut cur = Some(top);
+        while let Some(id) = cur {
+            out.push(id);
+            if out.len() > MAX_LAYERS {
+                break; // validate() refuses cycles; this only guards unvalidated use
+            }
+            cur = self.layer(id).and_then(|l| l.parent);
+        }
+        out.reverse();
+        out
+    }
+
+    /// Children of `id`.
+    pub fn children(&self, id: Id) -> Vec<Id> {
+        self.layers
+            .iter()
+            .filter(|l| l.parent == Some(id))
+            .map(|l| l.id)
+            .collect()
+    }
+
+    /// Layers still referenced (by a snapshot, the active layer, or as ancestors of those).
+    pub fn referenced_layers(&self) -> HashSet<Id> {
+        let mut keep = HashSet::new();
+        let tops = self
+            .snapshots
+            .iter()
+            .map(|s| s.layer)
+            .chain(std::iter::once(self.active_layer));
+        for top in tops {
+            for id in self.chain(top) {
+                keep.insert(id);
+            }
+        }
+        keep
+    }
+
+    /// Object names kept alive by the layer records (files and externs).
+    pub fn live_objects(&self) -> HashSet<String> {
+        let mut s = HashSet::new();
+        for l in &self.layers {
+            s.insert(l.file.clone());
+            s.insert(journal_name(&l.file));
+            s.extend(l.externs.iter().cloned());
+        }
+        s
+    }
+
+    /// Check every rule of bundle.md §3.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let err = |f: &str, r: String| Err(FieldError::new(f, r));
+        super::Geometry::from_sizes(self.virtual_size, self.cluster_size, self.subcluster_size)?;
+        if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
+            return err(
+                "layers",
+                format!("{} layers (1..=65536 allowed)", self.layers.len()),
+            );
+        }
+        if self.snapshots.len() > MAX_SNAPSHOTS {
+            return err(
+                "snapshots",
+                format!("{} snapshots (at most 65536)", self.snapshots.len()),
+            );
+        }
+        let mut by_id: HashMap<Id, &LayerRecord> = HashMap::new();
+        let mut files = HashSet::new();
+        for l in &self.layers {
+            if by_id.insert(l.id, l).is_some() {
+                return err("layers.id", format!("duplicate layer id {}", l.id));
+            }
+            if !check_object_name(&l.file) || !l.file.starts_with("layers/") {
+                return err("layers.file", format!("invalid object name {:?}", l.file));
+            }
+            if !files.insert(l.file.clone()) {
+                return err("layers.file", format!("{:?} used twice", l.file));
+            }
+            if l.externs.len() > 255 {
+                return err(
+                    "layers.externs",
+                    format!("layer {} has {} externs", l.id, l.externs.len()),
+                );
+            }
+            for x in &l.externs {
+                if !check_object_name(x) || !x.starts_with("layers/") || *x == l.file {
+                    return err(
+                        "layers.externs",
+                        format!("invalid extern {x:?} of layer {}", l.id),
+                    );
+                }
+            }
+        }
+        for l in &self.layers {
+            if let Some(p) = l.parent {
+                if !by_id.contains_key(&p) {
+                    return err(
+                        "layers.parent",
+                        format!("layer {} names unknown parent {p}", l.id),
+                    );
+                }
+            }
+            // cycle / depth check
+            let mut depth = 0usize;
+            let mut cur = l.parent;
+            while let Some(p) = cur {
+                depth += 1;
+                if depth > MAX_LAYERS || p == l.id {
+                    return err(
+                        "layers.parent",
+                        format!("layer {} is part of a cycle", l.id),
+                    );
+                }
+                cur = by_id.get(&p).and_then(|r| r.parent);
+            }
+        }
+        let Some(active) = by_id.get(&self.active_layer) else {
+            return err(
+                "active_layer",
+                format!("{} is not a layer", self.active_layer),
+            );
+        };
+        if active.sealed {
+            return err("active_layer", "names a sealed layer".into());
+        }
+        for l in &self.layers {
+            if l.id != self.active_layer && !l.sealed {
+                return err(
+                    "layers.sealed",
+                    format!("layer {} is unsealed but not active", l.id),
+                );
+            }
+            if l.parent == Some(self.active_layer) {
+                return err("layers.parent", "the active layer has a child".into());
+            }
+        }
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
+        for s in &self.snapshots {
+            if let Err(why) = check_snapshot_name(&s.name) {
+                return err("snapshots.name", format!("{:?} {why}", s.name));
+            }
+            if !names.insert(s.name.as_str()) {
+                return err("snapshots.name", format!("duplicate name {:?}", s.name));
+            }
+            if !ids.insert(s.id) {
+                return err("snapshots.id", format!("duplicate id {}", s.id));
+            }
+            match by_id.get(&s.layer) {
+                Some(l) if l.sealed => {}
+                Some(_) => {
+                    return err(
+                        "snapshots.layer",
+                        format!("snapshot {:?} names the active layer", s.name),
+                    )
+                }
+                None => {
+                    return err(
+                        "snapshots.layer",
+                        format!("snapshot {:?} names unknown layer {}", s.name, s.layer),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Encode envelope + payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let payload = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let mut b = vec![0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.generation.to_le_bytes());
+        b[24..28].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        b[28..32].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        let hcrc = crc32fast::hash(&b[0..32]);
+        b[32..36].copy_from_slice(&hcrc.to_le_bytes());
+        b.extend_from_slice(&payload);
+        b
+    }
+
+    /// Decode and validate.
+    pub fn decode(b: &[u8]) -> Result<Manifest, FieldError> {
+        if b.len() < HEADER_LEN {
+            return Err(FieldError::new(
+                "length",
+                format!("{} bytes, shorter than the 64-byte header", b.len()),
+            ));
+        }
+        if &b[0..8] != MAGIC {
+            return Err(FieldError::new("magic", "not VDSKMNFT"));
+        }
+        if le32(b, 32) != crc32fast::hash(&b[0..32]) {
+            return Err(FieldError::checksum("header_crc32"));
+        }
+        let version = le32(b, 8);
+        if version != VERSION {
+            return Err(FieldError::new(
+                "format_version",
+                format!("{version} (this build reads 1)"),
+            ));
+        }
+        if le32(b, 12) != 0 {
+            return Err(FieldError::new(
+                "flags",
+                format!("{:#x} (unknown)", le32(b, 12)),
+            ));
+        }
+        let generation = le64(b, 16);
+        let len = le32(b, 24) as usize;
+        if !(2..=MAX_PAYLOAD).contains(&len) || b.len() != HEADER_LEN + len {
+            return Err(FieldError::new(
+                "payload_len",
+                format!(
+                    "{len} does not match the file ({} bytes) or exceeds 64 MiB",
+                    b.len()
+                ),
+            ));
+        }
+        let payload = &b[HEADER_LEN..];
+        if le32(b, 28) != crc32fast::hash(payload) {
+            return Err(FieldError::checksum("payload_crc32"));
+        }
+        if b[36..64].iter().any(|&x| x != 0) {
+            return Err(FieldError::new("reserved", "not zero"));
+        }
+        let m: Manifest = serde_json::from_slice(payload)
+            .map_err(|e| FieldError::new("payload", e.to_string()))?;
+        if m.generation != generation {
+            return Err(FieldError::new(
+                "generation",
+                format!("payload says {}, envelope {generation}", m.generation),
+            ));
+        }
+        m.validate()?;
+        Ok(m)
+    }
+}
+
+/// The journal object of a layer file.
+pub fn journal_name(layer_file: &str) -> String {
+    match layer_file.strip_suffix(".layer") {
+        Some(stem) => format!("{stem}.journal"),
+        None => format!("{layer_file}.journal"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let base = Id([1; 16]);
+        let top = Id([2; 16]);
+        Manifest {
+            generation: 3,
+            bundle_id: Id([9; 16]),
+            virtual_size: 1 << 30,
+            cluster_size: 65536,
+            subcluster_size: 4096,
+            created_ns: 5,
+            layers: vec![
+                LayerRecord {
+                    id: base,
+                    parent: None,
+                    file: "layers/a-1.layer".into(),
+                    sealed: true,
+                    externs: vec![],
+                    created_ns: 1,
+                },
+                LayerRecord {
+                    id: top,
+                    parent: Some(base),
+                    file: "layers/b-1.layer".into(),
+                    sealed: false,
+                    externs: vec![],
+                    created_ns: 2,
+                },
+            ],
+            active_layer: top,
+            snapshots: vec![SnapshotRecord {
+                id: Id([3; 16]),
+                name: "s1".into(),
+                created_ns: 4,
+                layer: base,
+                pinned: false,
+                vm_state: None,
+            }],
+            policy: None,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_bad() {
+        let b = sample().encode();
+        let mut c = b.clone();
+        c[100] ^= 1;
+        assert!(Manifest::decode(&c).is_err());
+        assert!(Manifest::decode(&b[..b.len() - 1]).is_err());
+        let mut m = sample();
+        m.layers[1].parent = Some(m.layers[1].id);
+        assert!(Manifest::decode(&m.encode()).is_err(), "cycle");
+        let mut m = sample();
+        m.snapshots[0].layer = m.active_layer;
+        assert!(
+            Manifest::decode(&m.encode()).is_err(),
+            "snapshot of active layer"
+        );
+        let mut m = sample();
+        m.layers[0].file = "../evil".into();
+        assert!(Manifest::decode(&m.encode()).is_err(), "escaping name");
+        let mut m = sample();
+        m.snapshots[0].name = "a/b".into();
+        assert!(Manifest::decode(&m.encode()).is_err(), "bad name");
+    }
+
+    #[test]
+    fn unknown_members_refused() {
+        let m = sample();
+        let mut v = serde_json::to_value(&m).unwrap();
+        v.as_object_mut()
+            .unwrap()
+            .insert("surprise".into(), 1.into());
+        let payload = serde_json::to_vec(&v).unwrap();
+        let mut b = m.encode()[..HEADER_LEN].to_vec();
+        b[24..28].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        b[28..32].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        let h = crc32fast::hash(&b[0..32]);
+        b[32..36].copy_from_slice(&h.to_le_bytes());
+        b.extend(payload);
+        assert!(Manifest::decode(&b).is_err());
+    }
+}

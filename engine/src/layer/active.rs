@@ -1,0 +1,625 @@
+//! The active (writable) layer: copy-on-write at subcluster granularity, journaled map
+//! updates, checkpoints and sealing (format-spec/recovery.md §1–3).
+
+use super::data::{check_entry_bounds, encode_externs, open_externs, read_externs, read_map};
+use super::{check_header_identity, hash_entries, read_entry_data, read_header, LayerData};
+use crate::error::{Error, Result};
+use crate::format::header::{LayerHeader, SLOT_SIZE};
+use crate::format::journal::{self, MAX_ENTRIES, MAX_JOURNAL_LEN};
+use crate::format::manifest::{journal_name, LayerRecord};
+use crate::format::map::{encode_map, MapEntry};
+use crate::format::{align_up, Geometry, Id};
+use crate::resolve::{is_zero, Loc};
+use crate::store::{Object, Store};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::io;
+use std::sync::Arc;
+
+/// Clusters per run counted in `chunk_counts` (matches the resolved map's chunks).
+pub(crate) const CHUNK_CLUSTERS: u64 = 1024;
+
+/// Journal size that triggers a checkpoint.
+const CHECKPOINT_JOURNAL_BYTES: u64 = 4 << 20;
+
+/// What lies below the active layer, as the write path needs it.
+pub(crate) trait Below {
+    /// Subclusters of cluster `c` some lower layer decides.
+    fn decided(&self, c: u64) -> u32;
+    /// Read subcluster `s` of cluster `c` (zeros where nothing is allocated).
+    fn read_sub(&self, c: u64, s: u32, buf: &mut [u8]) -> Result<()>;
+}
+
+/// The writable layer of a bundle, owned by the writer.
+pub struct ActiveLayer {
+    /// Layer id.
+    pub id: Id,
+    /// Object name of the layer file.
+    pub file_name: String,
+    geometry: Geometry,
+    obj: Arc<dyn Object>,
+    journal: Arc<dyn Object>,
+    /// Data objects: [own, externs…].
+    files: Vec<Arc<dyn Object>>,
+    extern_names: Vec<String>,
+    header: LayerHeader,
+    current_slot: usize,
+    other: Option<LayerHeader>,
+    map: FxHashMap<u64, MapEntry>,
+    /// Entries per run of [`CHUNK_CLUSTERS`] clusters, so scans skip empty runs.
+    chunk_counts: Vec<u32>,
+    dirty: FxHashSet<u64>,
+    unsynced: bool,
+    alloc_end: u64,
+    journal_len: u64,
+    journal_seq: u64,
+    /// Set when recovery replayed a journal or unsealed the layer.
+    pub recovery_note: Option<String>,
+}
+
+fn io_err(obj: &Arc<dyn Object>, op: &'static str) -> impl FnOnce(io::Error) -> Error {
+    let name = obj.name().to_string();
+    move |e| Error::io(name, op, e)
+}
+
+impl ActiveLayer {
+    /// Create a new, empty active layer file `file_name`.
+    pub fn create(
+        store: &dyn Store,
+        file_name: &str,
+        id: Id,
+        geometry: Geometry,
+        created_ns: u64,
+    ) -> Result<ActiveLayer> {
+        let obj = store
+            .create_object(file_name)
+            .map_err(|e| Error::io(file_name, "create", e))?;
+        let header = LayerHeader::new_empty(id, geometry, created_ns);
+        obj.write_all_at(&header.encode(), 0)
+            .map_err(io_err(&obj, "write header"))?;
+        obj.write_all_at(&vec![0u8; SLOT_SIZE], SLOT_SIZE as u64)
+            .map_err(io_err(&obj, "write header"))?;
+        obj.sync().map_err(io_err(&obj, "sync"))?;
+        let jname = journal_name(file_name);
+        let journal = match store.create_object(&jname) {
+            Ok(j) => j,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let j = store
+                    .open_object(&jname, true)
+                    .map_err(|e| Error::io(&jname, "open", e))?;
+                j.set_len(0).map_err(|e| Error::io(&jname, "truncate", e))?;
+                j
+            }
+            Err(e) => return Err(Error::io(&jname, "create", e)),
+        };
+        Ok(ActiveLayer {
+            id,
+            file_name: file_name.to_string(),
+            geometry,
+            files: vec![obj.clone()],
+            obj,
+            journal,
+            extern_names: Vec::new(),
+            header,
+            current_slot: 0,
+            other: None,
+            map: FxHashMap::default(),
+            chunk_counts: vec![0; geometry.cluster_count().div_ceil(CHUNK_CLUSTERS) as usize],
+            dirty: FxHashSet::default(),
+            unsynced: false,
+            alloc_end: geometry.data_start(),
+            journal_len: 0,
+            journal_seq: 0,
+            recovery_note: None,
+        })
+    }
+
+    /// Open the active layer of `record` for writing, recovering from a crash if needed.
+    pub fn open(
+        store: &dyn Store,
+        record: &LayerRecord,
+        geometry: Geometry,
+    ) -> Result<ActiveLayer> {
+        let name = record.file.clone();
+        let obj = store.open_object(&name, true).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Missing {
+                    object: name.clone(),
+                }
+            } else {
+                Error::io(&name, "open", e)
+            }
+        })?;
+        let (header, current_slot, other, len) = read_header(&obj)?;
+        check_header_identity(&name, &header, &geometry, record.id)?;
+        let extern_names = read_externs(&obj, &header)?;
+        let mut files = vec![obj.clone()];
+        files.extend(open_externs(store, record, &extern_names, &name)?);
+        let mut map: FxHashMap<u64, MapEntry> = read_map(&obj, &header)?
+            .into_iter()
+            .map(|e| (e.guest_cluster, e))
+            .collect();
+        let jname = journal_name(&name);
+        let journal = match store.open_object(&jname, true) {
+            Ok(j) => j,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => store
+                .create_object(&jname)
+                .map_err(|e| Error::io(&jname, "create", e))?,
+            Err(e) => return Err(Error::io(&jname, "open", e)),
+        };
+        let jlen = journal.len().map_err(|e| Error::io(&jname, "stat", e))?;
+        if jlen > MAX_JOURNAL_LEN {
+            return Err(Error::format(
+                &jname,
+                "length",
+                format!("{jlen} bytes exceeds 4 GiB"),
+            ));
+        }
+        let mut jbytes = vec![0u8; jlen as usize];
+        journal
+            .read_exact_at(&mut jbytes, 0)
+            .map_err(|e| Error::io(&jname, "read", e))?;
+        let replay = journal::replay(
+            &jbytes,
+            header.journal_epoch,
+            &geometry,
+            header.extern_count,
+        );
+        for e in &replay.entries {
+            if e.is_void() {
+                map.remove(&e.guest_cluster);
+            } else {
+                map.insert(e.guest_cluster, *e);
+            }
+        }
+        let mut lens = Vec::with_capacity(files.len());
+        for f in &files {
+            lens.push(f.len().map_err(|e| Error::io(f.name(), "stat", e))?);
+        }
+        for e in map.values() {
+            check_entry_bounds(e, &geometry, &lens, &name)?;
+        }
+        let needs_checkpoint = replay.records > 0 || header.sealed || replay.valid_len < jlen;
+        let mut note = None;
+        if replay.records > 0 || replay.stopped.is_some() {
+            note = Some(format!(
+                "{jname}: replayed {} journal records{}",
+                replay.records,
+                replay
+                    .stopped
+                    .as_deref()
+                    .map(|w| format!(", discarded the rest ({w})"))
+                    .unwrap_or_default()
+            ));
+        }
+        if header.sealed {
+            note = Some(format!(
+                "{name}: sealed by an interrupted snapshot; unsealed"
+            ));
+        }
+        let mut chunk_counts =
+            vec![0u32; geometry.cluster_count().div_ceil(CHUNK_CLUSTERS) as usize];
+        for c in map.keys() {
+            chunk_counts[(c / CHUNK_CLUSTERS) as usize] += 1;
+        }
+        let mut layer = ActiveLayer {
+            id: record.id,
+            file_name: name,
+            geometry,
+            files,
+            obj,
+            journal,
+            extern_names,
+            header,
+            current_slot,
+            other,
+            map,
+            chunk_counts,
+            dirty: FxHashSet::default(),
+            unsynced: false,
+            alloc_end: align_up(len, geometry.cluster_size()).max(geometry.data_start()),
+            journal_len: jlen,
+            journal_seq: replay.records,
+            recovery_note: note,
+        };
+        if needs_checkpoint {
+            layer.checkpoint(None)?;
+        }
+        Ok(layer)
+    }
+
+    /// The layer's own entry for cluster `c`.
+    #[inline]
+    pub fn entry(&self, c: u64) -> Option<&MapEntry> {
+        self.map.get(&c)
+    }
+
+    /// True when no cluster of the [`CHUNK_CLUSTERS`]-run holding `c` has an entry.
+    #[inline]
+    pub(crate) fn chunk_empty(&self, c: u64) -> bool {
+        self.chunk_counts
+            .get((c / CHUNK_CLUSTERS) as usize)
+            .is_none_or(|&n| n == 0)
+    }
+
+    /// Number of clusters with an entry.
+    pub fn entry_count(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The entries, sorted by cluster.
+    pub fn sorted_entries(&self) -> Vec<MapEntry> {
+        let mut v: Vec<MapEntry> = self.map.values().copied().collect();
+        v.sort_unstable_by_key(|e| e.guest_cluster);
+        v
+    }
+
+    /// Data objects of the layer ([own, externs…]).
+    pub fn files(&self) -> &[Arc<dyn Object>] {
+        &self.files
+    }
+
+    /// Where subcluster `s` of cluster `c` comes from if this layer decides it.
+    #[inline]
+    pub(crate) fn locate(&self, c: u64, s: u32, layer_index: u32) -> Option<Loc> {
+        let e = self.map.get(&c)?;
+        if e.decided() & (1 << s) == 0 {
+            return None;
+        }
+        Some(Loc::from_entry(
+            layer_index,
+            e.alloc,
+            e.data_offset,
+            e.compressed_len,
+            e.file_index,
+            s,
+            self.geometry.subcluster_size(),
+        ))
+    }
+
+    /// Bytes of data held.
+    pub fn allocated_bytes(&self) -> u64 {
+        let sub = self.geometry.subcluster_size();
+        self.map
+            .values()
+            .map(|e| u64::from(e.alloc.count_ones()) * sub)
+            .sum()
+    }
+
+    fn alloc_area(&mut self) -> u64 {
+        let cs = self.geometry.cluster_size();
+        let at = align_up(self.alloc_end, cs);
+        self.alloc_end = at + cs;
+        at
+    }
+
+    fn alloc_meta(&mut self, len: u64) -> u64 {
+        let at = align_up(self.alloc_end, 4096);
+        self.alloc_end = at + len;
+        at
+    }
+
+    fn write_data(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.unsynced = true;
+        self.obj
+            .write_all_at(buf, offset)
+            .map_err(io_err(&self.obj, "write data"))
+    }
+
+    /// Move an entry whose data is compressed or in an extern into an own uncompressed area.
+    fn localize(&mut self, e: MapEntry) -> Result<MapEntry> {
+        let g = self.geometry;
+        let mut data = Vec::new();
+        read_entry_data(&self.files, &e, &g, &mut data)?;
+        let area = self.alloc_area();
+        let sub = g.subcluster_size() as usize;
+        let mut k = 0;
+        for i in 0..g.subclusters() {
+            if e.alloc & (1 << i) != 0 {
+                let chunk = data[k * sub..(k + 1) * sub].to_vec();
+                self.write_data(&chunk, area + u64::from(i) * sub as u64)?;
+                k += 1;
+            }
+        }
+        Ok(MapEntry {
+            data_offset: area,
+            compressed_len: 0,
+            file_index: 0,
+            ..e
+        })
+    }
+
+    /// Write guest bytes. The caller has checked the range against the virtual size.
+    pub(crate) fn write(&mut self, below: &dyn Below, buf: &[u8], offset: u64) -> Result<()> {
+        let cs = self.geometry.cluster_size();
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let off = offset + pos as u64;
+            let c = off / cs;
+            let in_c = off % cs;
+            let n = ((cs - in_c) as usize).min(buf.len() - pos);
+            self.write_cluster(below, c, in_c, &buf[pos..pos + n])?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Make a range read as zeros without storing data where whole subclusters are covered.
+    pub(crate) fn write_zeroes(&mut self, below: &dyn Below, offset: u64, len: u64) -> Result<()> {
+        let cs = self.geometry.cluster_size();
+        let zeros = vec![0u8; cs as usize];
+        let mut pos = 0u64;
+        while pos < len {
+            let off = offset + pos;
+            let c = off / cs;
+            let in_c = off % cs;
+            let n = (cs - in_c).min(len - pos);
+            if self.map.contains_key(&c) || below.decided(c) != 0 {
+                self.write_cluster(below, c, in_c, &zeros[..n as usize])?;
+            }
+            pos += n;
+        }
+        Ok(())
+    }
+
+    fn write_cluster(&mut self, below: &dyn Below, c: u64, in_c: u64, data: &[u8]) -> Result<()> {
+        let g = self.geometry;
+        let sub = g.subcluster_size();
+        let mut e = self.map.get(&c).copied().unwrap_or(MapEntry::empty(c));
+        if e.alloc != 0 && (e.file_index != 0 || e.compressed_len != 0) {
+            e = self.localize(e)?;
+        }
+        let orig = self.map.get(&c).copied();
+        let cluster_start = c * g.cluster_size();
+        let vend = g.virtual_size() - cluster_start; // end of the disk, relative to the cluster
+        let end = in_c + data.len() as u64;
+        let s0 = (in_c / sub) as u32;
+        let s1 = ((end - 1) / sub) as u32;
+        let below_decided = below.decided(c);
+        let mut scratch: Vec<u8> = Vec::new();
+        // Pending coalesced write straight from `data`: (first subcluster, data start, len).
+        let mut run: Option<(u32, usize, usize)> = None;
+        for s in s0..=s1 {
+            let bit = 1u32 << s;
+            let sub_start = u64::from(s) * sub;
+            let sub_end = sub_start + sub;
+            let w_start = in_c.max(sub_start);
+            let w_end = end.min(sub_end);
+            let piece = &data[(w_start - in_c) as usize..(w_end - in_c) as usize];
+            let full =
+                w_start == sub_start && (w_end == sub_end || (w_end >= vend && vend < sub_end));
+            if !full && e.alloc & bit != 0 {
+                self.flush_run(&mut run, &e, data)?;
+                self.write_data(piece, e.data_offset + w_start)?;
+                continue;
+            }
+            let content: &[u8] = if full && piece.len() as u64 == sub {
+                piece
+            } else {
+                scratch.resize(sub as usize, 0);
+                if full {
+                    scratch.fill(0);
+                } else if e.zero & bit != 0 || e.decided() & bit == 0 && below_decided & bit == 0 {
+                    scratch.fill(0);
+                } else {
+                    below.read_sub(c, s, &mut scratch)?;
+                }
+                let at = (w_start - sub_start) as usize;
+                scratch[at..at + piece.len()].copy_from_slice(piece);
+                &scratch
+            };
+            if is_zero(content) {
+                self.flush_run(&mut run, &e, data)?;
+                e.alloc &= !bit;
+                if below_decided & bit != 0 {
+                    e.zero |= bit;
+                } else {
+                    e.zero &= !bit;
+                }
+                continue;
+            }
+            if e.data_offset == 0 {
+                e.data_offset = self.alloc_area();
+            }
+            if std::ptr::eq(content.as_ptr(), piece.as_ptr()) {
+                let dstart = (w_start - in_c) as usize;
+                match &mut run {
+                    Some((_, rs, rl)) if *rs + *rl == dstart => *rl += piece.len(),
+                    _ => {
+                        self.flush_run(&mut run, &e, data)?;
+                        run = Some((s, dstart, piece.len()));
+                    }
+                }
+            } else {
+                self.flush_run(&mut run, &e, data)?;
+                let owned = content.to_vec();
+                self.write_data(&owned, e.data_offset + sub_start)?;
+            }
+            e.alloc |= bit;
+            e.zero &= !bit;
+        }
+        self.flush_run(&mut run, &e, data)?;
+        if orig != Some(e) && !(orig.is_none() && e.is_void()) {
+            if self.map.insert(c, e).is_none() {
+                self.chunk_counts[(c / CHUNK_CLUSTERS) as usize] += 1;
+            }
+            self.dirty.insert(c);
+        }
+        Ok(())
+    }
+
+    fn flush_run(
+        &mut self,
+        run: &mut Option<(u32, usize, usize)>,
+        e: &MapEntry,
+        data: &[u8],
+    ) -> Result<()> {
+        if let Some((s, start, len)) = run.take() {
+            let at = e.data_offset + u64::from(s) * self.geometry.subcluster_size();
+            self.write_data(&data[start..start + len], at)?;
+        }
+        Ok(())
+    }
+
+    /// Make every acknowledged write durable: data, then the journal.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.unsynced || !self.dirty.is_empty() {
+            self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
+            self.unsynced = false;
+        }
+        if !self.dirty.is_empty() {
+            let mut clusters: Vec<u64> = self.dirty.iter().copied().collect();
+            clusters.sort_unstable();
+            let entries: Vec<MapEntry> = clusters
+                .iter()
+                .map(|c| self.map.get(c).copied().unwrap_or(MapEntry::empty(*c)))
+                .collect();
+            for chunk in entries.chunks(MAX_ENTRIES) {
+                let rec =
+                    journal::encode_record(self.header.journal_epoch, self.journal_seq, chunk);
+                self.journal
+                    .write_all_at(&rec, self.journal_len)
+                    .map_err(io_err(&self.journal, "append"))?;
+                self.journal_len += rec.len() as u64;
+                self.journal_seq += 1;
+            }
+            self.journal.sync().map_err(io_err(&self.journal, "sync"))?;
+            self.dirty.clear();
+        }
+        if self.journal_len > CHECKPOINT_JOURNAL_BYTES {
+            self.checkpoint(None)?;
+        }
+        Ok(())
+    }
+
+    /// Write the whole map and a new header slot; `seal` carries the hash table when sealing.
+    fn checkpoint(&mut self, seal: Option<(&[MapEntry], &[[u8; 32]])>) -> Result<()> {
+        self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
+        self.unsynced = false;
+        let owned_entries;
+        let entries: &[MapEntry] = match seal {
+            Some((e, _)) => e,
+            None => {
+                owned_entries = self.sorted_entries();
+                &owned_entries
+            }
+        };
+        let map_bytes = encode_map(entries);
+        let mut h = self.header.clone();
+        h.generation += 1;
+        h.journal_epoch += 1;
+        h.map_entries = entries.len() as u64;
+        h.map_crc32 = crc32fast::hash(&map_bytes);
+        h.map_offset = 0;
+        if !map_bytes.is_empty() {
+            // Reuse the map region of the slot about to be overwritten when it is big enough:
+            // nothing the current slot names lives there.
+            let reuse = self.other.as_ref().map(|o| o.map_region()).filter(|r| {
+                r.offset != 0
+                    && r.len >= map_bytes.len() as u64
+                    && r.offset != self.header.map_offset
+            });
+            h.map_offset = match reuse {
+                Some(r) => r.offset,
+                None => self.alloc_meta(map_bytes.len() as u64),
+            };
+            self.obj
+                .write_all_at(&map_bytes, h.map_offset)
+                .map_err(io_err(&self.obj, "write map"))?;
+        }
+        h.sealed = false;
+        h.hash_offset = 0;
+        h.hash_crc32 = crc32fast::hash(&[]);
+        if let Some((_, hashes)) = seal {
+            let mut hb = Vec::with_capacity(hashes.len() * 32);
+            for x in hashes {
+                hb.extend_from_slice(x);
+            }
+            h.sealed = true;
+            h.hash_crc32 = crc32fast::hash(&hb);
+            if !hb.is_empty() {
+                h.hash_offset = self.alloc_meta(hb.len() as u64);
+                self.obj
+                    .write_all_at(&hb, h.hash_offset)
+                    .map_err(io_err(&self.obj, "write hash table"))?;
+            }
+        }
+        if self.extern_names.len() as u32 != h.extern_count {
+            let xb = encode_externs(&self.extern_names);
+            h.extern_count = self.extern_names.len() as u32;
+            h.extern_crc32 = crc32fast::hash(&xb);
+            h.extern_offset = 0;
+            if !xb.is_empty() {
+                h.extern_offset = self.alloc_meta(xb.len() as u64);
+                self.obj
+                    .write_all_at(&xb, h.extern_offset)
+                    .map_err(io_err(&self.obj, "write extern table"))?;
+            }
+        }
+        self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
+        let slot = 1 - self.current_slot;
+        self.obj
+            .write_all_at(&h.encode(), (slot * SLOT_SIZE) as u64)
+            .map_err(io_err(&self.obj, "write header"))?;
+        self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
+        self.other = Some(std::mem::replace(&mut self.header, h));
+        self.current_slot = slot;
+        self.journal
+            .set_len(0)
+            .map_err(io_err(&self.journal, "truncate"))?;
+        self.journal.sync().map_err(io_err(&self.journal, "sync"))?;
+        self.journal_len = 0;
+        self.journal_seq = 0;
+        Ok(())
+    }
+
+    /// Checkpoint so the journal is empty (clean close).
+    pub fn close(&mut self) -> Result<()> {
+        self.flush()?;
+        if self.journal_len > 0 {
+            self.checkpoint(None)?;
+        }
+        Ok(())
+    }
+
+    /// Seal: flush, hash every cluster, write map + hash table + a SEALED header.
+    /// Returns the layer as read-only data. The journal object is left for the caller to
+    /// remove once the manifest names the layer sealed.
+    pub fn seal(mut self) -> Result<LayerData> {
+        self.flush()?;
+        let entries: Vec<MapEntry> = self
+            .sorted_entries()
+            .into_iter()
+            .filter(|e| e.decided() != 0)
+            .map(|e| {
+                if e.alloc == 0 {
+                    MapEntry {
+                        data_offset: 0,
+                        file_index: 0,
+                        compressed_len: 0,
+                        ..e
+                    }
+                } else {
+                    e
+                }
+            })
+            .collect();
+        let hashes = hash_entries(&self.files, &entries, &self.geometry)?;
+        self.checkpoint(Some((&entries, &hashes)))?;
+        Ok(LayerData {
+            id: self.id,
+            file_name: self.file_name.clone(),
+            header: self.header.clone(),
+            files: self.files.clone(),
+            entries,
+            journal_note: None,
+        })
+    }
+
+    /// The current header (for info and tests).
+    pub fn header(&self) -> &LayerHeader {
+        &self.header
+    }
+
+    /// Drop the layer without a final checkpoint (used after a simulated crash).
+    pub fn abandon(self) {}
+}

@@ -1,0 +1,463 @@
+//! The resolved map: for every subcluster, which layer of a chain holds it.
+//!
+//! Built in memory when a chain is opened, from each layer's map, bottom to top (see
+//! docs/decisions.md, "resolved map"). A read then costs one lookup whatever the chain depth.
+
+use crate::error::{Error, Result};
+use crate::format::{Geometry, MapEntry};
+use crate::layer::LayerData;
+use crate::store::Object;
+use std::sync::Arc;
+
+const CHUNK_BITS: u32 = 10;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// One layer's say over one cluster, restricted to the subclusters no higher layer decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Piece {
+    /// Data area offset in the data file.
+    pub data_offset: u64,
+    /// Index of the layer in the chain.
+    pub layer: u32,
+    /// Subclusters this piece decides.
+    pub owned: u32,
+    /// Subclusters with data in this layer's entry.
+    pub alloc: u32,
+    /// zstd frame length, 0 if uncompressed.
+    pub compressed_len: u32,
+    /// Data file index within the layer.
+    pub file_index: u16,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Slot {
+    #[default]
+    Empty,
+    One(Piece),
+    Many(Box<[Piece]>),
+}
+
+impl Slot {
+    fn pieces(&self) -> &[Piece] {
+        match self {
+            Slot::Empty => &[],
+            Slot::One(p) => std::slice::from_ref(p),
+            Slot::Many(v) => v,
+        }
+    }
+}
+
+/// Where the bytes of one subcluster come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loc {
+    /// No layer decides it: zeros, reported as unallocated.
+    Unalloc,
+    /// A layer says zeros.
+    Zero,
+    /// Bytes at `offset` of data file `file` of layer `layer`.
+    Data { layer: u32, file: u16, offset: u64 },
+    /// Subcluster `sub` of the compressed cluster at `offset` (`len` bytes).
+    Compressed {
+        layer: u32,
+        file: u16,
+        offset: u64,
+        len: u32,
+        sub: u32,
+    },
+}
+
+impl Loc {
+    /// The location from an entry deciding subcluster `s` of its cluster.
+    pub(crate) fn from_entry(
+        layer: u32,
+        alloc: u32,
+        data_offset: u64,
+        clen: u32,
+        file: u16,
+        s: u32,
+        sub_size: u64,
+    ) -> Loc {
+        if alloc & (1 << s) == 0 {
+            Loc::Zero
+        } else if clen != 0 {
+            Loc::Compressed {
+                layer,
+                file,
+                offset: data_offset,
+                len: clen,
+                sub: s,
+            }
+        } else {
+            Loc::Data {
+                layer,
+                file,
+                offset: data_offset + u64::from(s) * sub_size,
+            }
+        }
+    }
+}
+
+/// The resolved map of a chain of read-only layers.
+#[derive(Debug, Default)]
+pub(crate) struct ChainMap {
+    chunks: Vec<Option<Box<[Slot]>>>,
+    sub_size: u64,
+}
+
+impl ChainMap {
+    pub fn new(geometry: &Geometry) -> Self {
+        let n = geometry.cluster_count().div_ceil(CHUNK as u64) as usize;
+        ChainMap {
+            chunks: vec![None; n],
+            sub_size: geometry.subcluster_size(),
+        }
+    }
+
+    fn slot(&self, c: u64) -> &Slot {
+        static EMPTY: Slot = Slot::Empty;
+        match self.chunks.get((c >> CHUNK_BITS) as usize) {
+            Some(Some(chunk)) => &chunk[(c as usize) & (CHUNK - 1)],
+            _ => &EMPTY,
+        }
+    }
+
+    /// Apply a layer on top of everything applied so far.
+    pub fn apply(&mut self, layer: u32, entries: &[MapEntry]) {
+        for e in entries {
+            let decided = e.decided();
+            if decided == 0 {
+                continue;
+            }
+            let ci = (e.guest_cluster >> CHUNK_BITS) as usize;
+            let Some(chunk_slot) = self.chunks.get_mut(ci) else {
+                continue;
+            };
+            let chunk =
+                chunk_slot.get_or_insert_with(|| vec![Slot::Empty; CHUNK].into_boxed_slice());
+            let slot = &mut chunk[(e.guest_cluster as usize) & (CHUNK - 1)];
+            let new = Piece {
+                data_offset: e.data_offset,
+                layer,
+                owned: decided,
+                alloc: e.alloc,
+                compressed_len: e.compressed_len,
+                file_index: e.file_index,
+            };
+            *slot = match std::mem::take(slot) {
+                Slot::Empty => Slot::One(new),
+                Slot::One(mut p) => {
+                    p.owned &= !decided;
+                    if p.owned == 0 {
+                        Slot::One(new)
+                    } else {
+                        Slot::Many(vec![new, p].into_boxed_slice())
+                    }
+                }
+                Slot::Many(v) => {
+                    let mut out = Vec::with_capacity(v.len() + 1);
+                    out.push(new);
+                    for mut p in v.into_vec() {
+                        p.owned &= !decided;
+                        if p.owned != 0 {
+                            out.push(p);
+                        }
+                    }
+                    if out.len() == 1 {
+                        Slot::One(new)
+                    } else {
+                        Slot::Many(out.into_boxed_slice())
+                    }
+                }
+            };
+        }
+    }
+
+    /// Where subcluster `s` of cluster `c` comes from.
+    #[inline]
+    pub fn locate(&self, c: u64, s: u32) -> Loc {
+        let bit = 1u32 << s;
+        for p in self.slot(c).pieces() {
+            if p.owned & bit != 0 {
+                return Loc::from_entry(
+                    p.layer,
+                    p.alloc,
+                    p.data_offset,
+                    p.compressed_len,
+                    p.file_index,
+                    s,
+                    self.sub_size,
+                );
+            }
+        }
+        Loc::Unalloc
+    }
+
+    /// Subclusters of cluster `c` some layer decides.
+    pub fn decided(&self, c: u64) -> u32 {
+        self.slot(c).pieces().iter().fold(0, |m, p| m | p.owned)
+    }
+
+    /// True when no layer decides anything in chunk-sized run containing `c` (fast skip for
+    /// allocation scans of sparse disks). Returns the first cluster after the empty run.
+    pub fn skip_empty(&self, c: u64) -> Option<u64> {
+        match self.chunks.get((c >> CHUNK_BITS) as usize) {
+            Some(None) => Some(((c >> CHUNK_BITS) + 1) << CHUNK_BITS),
+            _ => None,
+        }
+    }
+}
+
+/// A chain of read-only layers with its resolved map.
+#[derive(Debug)]
+pub struct Chain {
+    pub(crate) layers: Vec<Arc<LayerData>>,
+    pub(crate) map: ChainMap,
+    pub(crate) geometry: Geometry,
+}
+
+impl Chain {
+    /// Build from layers, base first.
+    pub(crate) fn new(geometry: Geometry, layers: Vec<Arc<LayerData>>) -> Chain {
+        let mut map = ChainMap::new(&geometry);
+        for (i, l) in layers.iter().enumerate() {
+            map.apply(i as u32, &l.entries);
+        }
+        Chain {
+            layers,
+            map,
+            geometry,
+        }
+    }
+
+    /// Put a layer on top.
+    pub(crate) fn push(&mut self, layer: Arc<LayerData>) {
+        let i = self.layers.len() as u32;
+        self.map.apply(i, &layer.entries);
+        self.layers.push(layer);
+    }
+
+    /// Number of layers.
+    pub fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub(crate) fn object(&self, layer: u32, file: u16) -> Result<&Arc<dyn Object>> {
+        self.layers
+            .get(layer as usize)
+            .and_then(|l| l.files.get(usize::from(file)))
+            .ok_or_else(|| Error::InvalidArgument(format!("no data file {file} in layer {layer}")))
+    }
+}
+
+/// True when every byte is zero.
+#[inline]
+pub fn is_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(64);
+    for c in &mut chunks {
+        if c.iter().fold(0u8, |a, &x| a | x) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&x| x == 0)
+}
+
+/// A source of subcluster locations and data objects that [`read_runs`] reads from.
+pub(crate) trait Resolver {
+    fn geometry(&self) -> &Geometry;
+    fn locate(&self, c: u64, s: u32) -> Loc;
+    fn object(&self, layer: u32, file: u16) -> Result<&Arc<dyn Object>>;
+}
+
+/// Fill `buf` with the guest bytes at `offset`, coalescing adjacent subclusters that come
+/// from the same place into one read. The caller has checked the range.
+pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result<()> {
+    let g = *r.geometry();
+    let sub = g.subcluster_size();
+    let subs_per = u64::from(g.subclusters());
+    let mut pos = 0usize;
+    // Pending run: (loc of first, buf start, len)
+    let mut run: Option<(Loc, usize, usize)> = None;
+    let mut decomp: Option<(u32, u16, u64, Vec<u8>)> = None;
+    while pos < buf.len() {
+        let off = offset + pos as u64;
+        let gsub = off / sub;
+        let c = gsub / subs_per;
+        let s = (gsub % subs_per) as u32;
+        let in_sub = off % sub;
+        let n = ((sub - in_sub) as usize).min(buf.len() - pos);
+        let mut loc = r.locate(c, s);
+        if let Loc::Data {
+            layer,
+            file,
+            offset,
+        } = loc
+        {
+            loc = Loc::Data {
+                layer,
+                file,
+                offset: offset + in_sub,
+            };
+        }
+        let extends = match (&run, &loc) {
+            (
+                Some((
+                    Loc::Data {
+                        layer: l0,
+                        file: f0,
+                        offset: o0,
+                    },
+                    _,
+                    len,
+                )),
+                Loc::Data {
+                    layer,
+                    file,
+                    offset,
+                },
+            ) => l0 == layer && f0 == file && o0 + *len as u64 == *offset,
+            (Some((Loc::Zero | Loc::Unalloc, _, _)), Loc::Zero | Loc::Unalloc) => true,
+            _ => false,
+        };
+        if extends {
+            if let Some(run) = run.as_mut() {
+                run.2 += n;
+            }
+        } else {
+            if let Some(done) = run.take() {
+                finish_run(r, buf, done)?;
+            }
+            match loc {
+                Loc::Compressed {
+                    layer,
+                    file,
+                    offset: coff,
+                    len,
+                    sub: s,
+                } => {
+                    let fresh = !matches!(&decomp, Some((l, f, o, _)) if *l == layer && *f == file && *o == coff);
+                    if fresh {
+                        let e = MapEntry {
+                            data_offset: coff,
+                            compressed_len: len,
+                            ..Default::default()
+                        };
+                        let obj = r.object(layer, file)?;
+                        let data = crate::layer::decompress_cluster(obj, &e, &g)?;
+                        decomp = Some((layer, file, coff, data));
+                    }
+                    if let Some((_, _, _, data)) = &decomp {
+                        let start = (u64::from(s) * sub + in_sub) as usize;
+                        buf[pos..pos + n].copy_from_slice(&data[start..start + n]);
+                    }
+                }
+                other => run = Some((other, pos, n)),
+            }
+        }
+        pos += n;
+    }
+    if let Some(done) = run.take() {
+        finish_run(r, buf, done)?;
+    }
+    Ok(())
+}
+
+fn finish_run(
+    r: &dyn Resolver,
+    buf: &mut [u8],
+    (loc, start, len): (Loc, usize, usize),
+) -> Result<()> {
+    let out = &mut buf[start..start + len];
+    match loc {
+        Loc::Data {
+            layer,
+            file,
+            offset,
+        } => {
+            let obj = r.object(layer, file)?;
+            obj.read_exact_at(out, offset)
+                .map_err(|e| Error::io(obj.name(), "read data", e))
+        }
+        _ => {
+            out.fill(0);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn higher_layers_hide_lower() {
+        let g = Geometry::from_sizes(1 << 24, 65536, 4096).unwrap();
+        let mut m = ChainMap::new(&g);
+        m.apply(
+            0,
+            &[MapEntry {
+                guest_cluster: 3,
+                data_offset: 65536,
+                alloc: 0xffff,
+                ..Default::default()
+            }],
+        );
+        m.apply(
+            1,
+            &[MapEntry {
+                guest_cluster: 3,
+                data_offset: 131072,
+                alloc: 0b10,
+                zero: 0b1,
+                ..Default::default()
+            }],
+        );
+        assert_eq!(m.locate(3, 0), Loc::Zero);
+        assert_eq!(
+            m.locate(3, 1),
+            Loc::Data {
+                layer: 1,
+                file: 0,
+                offset: 131072 + 4096
+            }
+        );
+        assert_eq!(
+            m.locate(3, 2),
+            Loc::Data {
+                layer: 0,
+                file: 0,
+                offset: 65536 + 8192
+            }
+        );
+        assert_eq!(m.locate(4, 0), Loc::Unalloc);
+        assert_eq!(m.decided(3), 0xffff);
+        m.apply(
+            2,
+            &[MapEntry {
+                guest_cluster: 3,
+                data_offset: 196608,
+                alloc: 0xffff,
+                ..Default::default()
+            }],
+        );
+        assert_eq!(
+            m.locate(3, 0),
+            Loc::Data {
+                layer: 2,
+                file: 0,
+                offset: 196608
+            }
+        );
+        assert!(matches!(m.slot(3), Slot::One(_)));
+    }
+
+    #[test]
+    fn zero_check() {
+        assert!(is_zero(&[0; 4096]));
+        let mut b = vec![0u8; 4097];
+        b[4096] = 1;
+        assert!(!is_zero(&b));
+        b[4096] = 0;
+        b[5] = 1;
+        assert!(!is_zero(&b));
+    }
+}

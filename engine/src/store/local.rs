@@ -1,0 +1,230 @@
+//! A bundle in a local directory (format-spec/bundle.md §1).
+
+use super::{Object, Store, StoreLock};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A bundle directory on a local filesystem.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store over an existing bundle directory.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        Ok(LocalStore { root })
+    }
+
+    /// Create the bundle directory and its sub-directories; it must not exist, or be empty.
+    pub fn create(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        match fs::create_dir(&root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if !root.is_dir() || fs::read_dir(&root)?.next().is_some() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} exists and is not an empty directory", root.display()),
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        for sub in ["layers", "state"] {
+            fs::create_dir_all(root.join(sub))?;
+        }
+        for f in ["lock", "maint.lock"] {
+            File::create(root.join(f))?;
+        }
+        sync_dir(&root)?;
+        if let Some(parent) = root.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            sync_dir(parent)?;
+        }
+        Ok(LocalStore { root })
+    }
+
+    /// The bundle directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> io::Result<PathBuf> {
+        if name.is_empty()
+            || name.starts_with('/')
+            || name
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid object name {name:?}"),
+            ));
+        }
+        Ok(self.root.join(name))
+    }
+
+    fn lock_file(&self, name: &str) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.root.join(name))
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+struct LocalObject {
+    name: String,
+    file: File,
+}
+
+impl Object for LocalObject {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+}
+
+struct FileLock(#[allow(dead_code)] File);
+impl StoreLock for FileLock {}
+
+impl Store for LocalStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn create_object(&self, name: &str) -> io::Result<Arc<dyn Object>> {
+        let path = self.path(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(Arc::new(LocalObject {
+            name: name.to_string(),
+            file,
+        }))
+    }
+
+    fn open_object(&self, name: &str, writable: bool) -> io::Result<Arc<dyn Object>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(self.path(name)?)?;
+        Ok(Arc::new(LocalObject {
+            name: name.to_string(),
+            file,
+        }))
+    }
+
+    fn remove_object(&self, name: &str) -> io::Result<()> {
+        let path = self.path(name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    fn list_objects(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let dir = self.path(prefix.trim_end_matches('/'))?;
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for ent in rd {
+            let ent = ent?;
+            if ent.file_type()?.is_file() {
+                if let Some(n) = ent.file_name().to_str() {
+                    out.push(format!("{}/{}", prefix.trim_end_matches('/'), n));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn read_manifest(&self) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.root.join("manifest")) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_manifest(&self, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.root.join("manifest.tmp");
+        {
+            let f = File::create(&tmp)?;
+            f.write_all_at(bytes, 0)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.root.join("manifest"))?;
+        sync_dir(&self.root)
+    }
+
+    fn lock_writer(&self) -> io::Result<Box<dyn StoreLock>> {
+        let f = self.lock_file("lock")?;
+        match f.try_lock() {
+            Ok(()) => Ok(Box::new(FileLock(f))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "locked by another writer",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn lock_maintenance(&self) -> io::Result<Box<dyn StoreLock>> {
+        let f = self.lock_file("maint.lock")?;
+        f.lock()?;
+        Ok(Box::new(FileLock(f)))
+    }
+
+    fn control_socket_path(&self) -> Option<PathBuf> {
+        Some(self.root.join("control.sock"))
+    }
+}

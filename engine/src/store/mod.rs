@@ -1,0 +1,67 @@
+//! The engine's only door to storage.
+//!
+//! A [`Store`] holds a bundle's objects (layer files, journals, VM state), its manifest and its
+//! locks. [`LocalStore`] keeps them in a directory; [`MemStore`] keeps them in memory and can
+//! simulate a crash (dropping or tearing writes not yet synced), which the crash tests use.
+//! A RADOS store implements the same trait in its own crate.
+
+mod local;
+mod mem;
+
+pub use local::LocalStore;
+pub use mem::{CrashMode, MemStore};
+
+use std::io;
+use std::sync::Arc;
+
+/// Random-access object: a layer file, a journal, a VM-state blob.
+///
+/// `read_exact_at` fails with `UnexpectedEof` when the range passes the end of the object.
+/// Writes may be lost or torn (per 512-byte sector) until `sync` returns.
+pub trait Object: Send + Sync {
+    /// Bundle-relative name, for error messages.
+    fn name(&self) -> &str;
+    /// Fill `buf` from `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write all of `buf` at `offset`, extending the object if needed.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make every write that returned before this call durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncate or extend (with zeros).
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// True when the object has no bytes.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// A held lock; dropping it releases the lock.
+pub trait StoreLock: Send + Sync {}
+
+/// Storage of one bundle.
+pub trait Store: Send + Sync {
+    /// Human-readable location (a path, a `rados://` URL), for messages.
+    fn location(&self) -> String;
+    /// Create a new empty object; fails if it exists. Its existence is durable on return.
+    fn create_object(&self, name: &str) -> io::Result<Arc<dyn Object>>;
+    /// Open an existing object (`NotFound` if absent).
+    fn open_object(&self, name: &str, writable: bool) -> io::Result<Arc<dyn Object>>;
+    /// Remove an object; removing an absent object succeeds. Durable on return.
+    fn remove_object(&self, name: &str) -> io::Result<()>;
+    /// Names of the objects under `prefix` (e.g. `layers/`), bundle-relative.
+    fn list_objects(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// The manifest bytes, or `None` when the bundle has none.
+    fn read_manifest(&self) -> io::Result<Option<Vec<u8>>>;
+    /// Replace the manifest atomically and durably.
+    fn write_manifest(&self, bytes: &[u8]) -> io::Result<()>;
+    /// Take the writer lock without waiting (`WouldBlock` when another writer holds it).
+    fn lock_writer(&self) -> io::Result<Box<dyn StoreLock>>;
+    /// Take the maintenance lock, waiting for it.
+    fn lock_maintenance(&self) -> io::Result<Box<dyn StoreLock>>;
+    /// Path of the control socket, for stores that have a local directory.
+    fn control_socket_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+}
