@@ -23,12 +23,16 @@ pub const ANNOTATION_KEY: &str = "annotation";
 pub const SYSTEM_TYPE: &str = "vmx-14";
 
 /// OVF version of a generated descriptor.
+///
+/// The default is 1.0: every consumer (VirtualBox, virt-v2v, older ovftool) reads it, and the
+/// published DSP8023 1.x schema validates it (the acceptance check runs exactly that). 2.0 is
+/// written on request; only a draft 2.0 schema exists to validate it against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OvfVersion {
-    /// OVF 1.0 (DSP8023 1.x schema), for older consumers.
+    /// OVF 1.0 (DSP8023 1.x schema).
+    #[default]
     V1_0,
     /// OVF 2.0 (`EthernetPortItem` and `StorageItem` for NICs and disks).
-    #[default]
     V2_0,
 }
 

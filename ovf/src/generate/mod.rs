@@ -1,4 +1,4 @@
-//! Descriptor generation: a clean OVF 2.0 (default) or 1.0 descriptor for a
+//! Descriptor generation: a clean OVF 1.0 (default) or 2.0 descriptor for a
 //! [`VmConfig`](vdisk_vmconfig::VmConfig), valid against the DMTF DSP8023 schema.
 
 mod build;
