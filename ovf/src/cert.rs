@@ -77,20 +77,44 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Verifies `cert_bytes` (the `.cert` file) against `manifest` (the `.mf` bytes).
+/// Verifies `cert_bytes` (the `.cert` file) against `manifest` (the bytes of the `.mf` named
+/// `manifest_name`).
 ///
 /// Errors: malformed certificate file, or a signature that does not verify (a forged or
 /// tampered package). An unsupported key type yields [`CertificateStatus::Unverified`].
-pub fn verify(cert_bytes: &[u8], manifest: &[u8], file: &str) -> Result<CertificateStatus> {
+pub fn verify(
+    cert_bytes: &[u8],
+    manifest: &[u8],
+    manifest_name: &str,
+    file: &str,
+) -> Result<CertificateStatus> {
     let text = std::str::from_utf8(cert_bytes).map_err(|_| cerr(file, "not UTF-8 text"))?;
     let sig_line = text
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .ok_or_else(|| cerr(file, "empty"))?;
-    let open = sig_line.find('(').ok_or_else(|| cerr(file, "first line is not ALG(file)= signature"))?;
-    let eq = sig_line.rfind('=').ok_or_else(|| cerr(file, "first line is not ALG(file)= signature"))?;
-    let alg = sig_line.get(..open).unwrap_or("").trim().to_ascii_uppercase();
+    let open = sig_line
+        .find('(')
+        .ok_or_else(|| cerr(file, "first line is not ALG(file)= signature"))?;
+    let eq = sig_line
+        .rfind('=')
+        .ok_or_else(|| cerr(file, "first line is not ALG(file)= signature"))?;
+    let alg = sig_line
+        .get(..open)
+        .unwrap_or("")
+        .trim()
+        .to_ascii_uppercase();
+    let signed = sig_line
+        .get(open + 1..eq)
+        .and_then(|s| s.trim_end().strip_suffix(')'))
+        .unwrap_or("");
+    if signed != manifest_name {
+        return Err(cerr(
+            file,
+            format!("signs {signed:?}, not the manifest {manifest_name:?}"),
+        ));
+    }
     let sig_hex = sig_line.get(eq + 1..).unwrap_or("").trim();
     let signature = from_hex(sig_hex).ok_or_else(|| cerr(file, "signature is not hex"))?;
     let begin = text
@@ -125,9 +149,21 @@ pub fn verify(cert_bytes: &[u8], manifest: &[u8], file: &str) -> Result<Certific
     let key = RsaPublicKey::from_pkcs1_der(key_bytes)
         .map_err(|e| cerr(file, format!("RSA public key does not parse: {e}")))?;
     let ok = match alg.as_str() {
-        "SHA1" => key.verify(Pkcs1v15Sign::new::<Sha1>(), &Sha1::digest(manifest), &signature),
-        "SHA256" => key.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(manifest), &signature),
-        "SHA512" => key.verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(manifest), &signature),
+        "SHA1" => key.verify(
+            Pkcs1v15Sign::new::<Sha1>(),
+            &Sha1::digest(manifest),
+            &signature,
+        ),
+        "SHA256" => key.verify(
+            Pkcs1v15Sign::new::<Sha256>(),
+            &Sha256::digest(manifest),
+            &signature,
+        ),
+        "SHA512" => key.verify(
+            Pkcs1v15Sign::new::<Sha512>(),
+            &Sha512::digest(manifest),
+            &signature,
+        ),
         other => {
             return Ok(CertificateStatus::Unverified {
                 reason: format!("signature digest {other:?} is not supported"),

@@ -136,15 +136,13 @@ pub(crate) fn decode_descriptor(file: &str, bytes: &[u8]) -> Result<String> {
                         ),
                     ));
                 }
-                Some(_) => {
-                    return Err(enc_err(
-                        file,
-                        format!(
-                            "encoding {:?} is not supported (UTF-8, UTF-16, US-ASCII, ISO-8859-1 are)",
-                            declared.unwrap_or_default()
-                        ),
-                    ))
-                }
+                Some(_) => return Err(enc_err(
+                    file,
+                    format!(
+                        "encoding {:?} is not supported (UTF-8, UTF-16, US-ASCII, ISO-8859-1 are)",
+                        declared.unwrap_or_default()
+                    ),
+                )),
             }
             String::from_utf8(body.to_vec()).map_err(|e| {
                 enc_err(
@@ -187,8 +185,8 @@ mod tests {
 
     #[test]
     fn utf16_declared_but_utf8_refused() {
-        let err = decode_descriptor("f", b"<?xml version=\"1.0\" encoding=\"utf-16\"?><a/>")
-            .unwrap_err();
+        let err =
+            decode_descriptor("f", b"<?xml version=\"1.0\" encoding=\"utf-16\"?><a/>").unwrap_err();
         assert!(err.to_string().contains("labelled utf-16"), "{err}");
     }
 

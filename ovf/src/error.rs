@@ -113,7 +113,9 @@ pub enum OvfError {
         detail: String,
     },
     /// A member's digest differs from the manifest's.
-    #[error("{file}: {member}: {algorithm} digest {actual} does not match the manifest ({expected})")]
+    #[error(
+        "{file}: {member}: {algorithm} digest {actual} does not match the manifest ({expected})"
+    )]
     DigestMismatch {
         /// The package.
         file: String,

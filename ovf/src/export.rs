@@ -133,10 +133,20 @@ fn safe_stem(out: &Path) -> Result<String> {
     }
     let clean: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let clean = clean.trim_start_matches('.').to_owned();
-    Ok(if clean.is_empty() { "vm".to_owned() } else { clean })
+    Ok(if clean.is_empty() {
+        "vm".to_owned()
+    } else {
+        clean
+    })
 }
 
 /// Streams one disk as streamOptimized VMDK into `out`; returns (bytes, sha256).
@@ -175,25 +185,46 @@ fn write_disk<W: Write>(
         member: file_name.to_owned(),
         source: Box::new(e),
     })?;
-    h.flush().map_err(|e| OvfError::io(label, format!("write {file_name}"), e))?;
+    h.flush()
+        .map_err(|e| OvfError::io(label, format!("write {file_name}"), e))?;
     Ok((h.bytes, to_hex(&h.hash.finalize())))
 }
 
 /// Exports `config` with its disks to `out`: an OVA when `out` ends in `.ova`, else the folder
 /// form (`out` is the descriptor path; disks and manifest go beside it).
-pub fn export(sources: &[ExportDisk], config: &VmConfig, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
+pub fn export(
+    sources: &[ExportDisk],
+    config: &VmConfig,
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
     let label = out.display().to_string();
     if sources.len() != config.disks.len() {
         return Err(OvfError::Unmappable {
             file: label,
-            detail: format!("{} disks given for a VM config with {} disks", sources.len(), config.disks.len()),
+            detail: format!(
+                "{} disks given for a VM config with {} disks",
+                sources.len(),
+                config.disks.len()
+            ),
         });
     }
     for d in sources {
+        if d.capacity.checked_next_multiple_of(512).is_none() {
+            return Err(OvfError::Unmappable {
+                file: label,
+                detail: format!("disk {}: capacity {} is out of range", d.name, d.capacity),
+            });
+        }
         if d.capacity != d.source.size() {
             return Err(OvfError::Unmappable {
                 file: label,
-                detail: format!("disk {}: capacity {} differs from its size {}", d.name, d.capacity, d.source.size()),
+                detail: format!(
+                    "disk {}: capacity {} differs from its size {}",
+                    d.name,
+                    d.capacity,
+                    d.source.size()
+                ),
             });
         }
     }
@@ -216,7 +247,9 @@ pub fn export(sources: &[ExportDisk], config: &VmConfig, out: &Path, opts: &Expo
             })
         }
     };
-    let file_names: Vec<String> = (1..=sources.len()).map(|i| format!("{stem}-disk{i}.vmdk")).collect();
+    let file_names: Vec<String> = (1..=sources.len())
+        .map(|i| format!("{stem}-disk{i}.vmdk"))
+        .collect();
     let facts = |sizes: &[Option<u64>]| -> Vec<DiskFacts> {
         sources
             .iter()
@@ -226,15 +259,28 @@ pub fn export(sources: &[ExportDisk], config: &VmConfig, out: &Path, opts: &Expo
                 file_name: name.clone(),
                 file_size: *size,
                 // The VMDK's virtual size is the source's rounded up to a sector.
-                capacity: d.capacity.div_ceil(512) * 512,
+                capacity: d.capacity.checked_next_multiple_of(512).unwrap_or(d.capacity),
                 populated_size: populated(d.source),
             })
             .collect()
     };
     // Fails early (before any file is created) if the config is invalid.
-    let placeholder = generate(&cfg, &facts(&vec![Some(u64::MAX); sources.len()]), opts.format)?;
+    let placeholder = generate(
+        &cfg,
+        &facts(&vec![Some(u64::MAX); sources.len()]),
+        opts.format,
+    )?;
     if is_ova {
-        export_ova(sources, &cfg, out, opts, &stem, &file_names, placeholder.len(), &facts)
+        export_ova(
+            sources,
+            &cfg,
+            out,
+            opts,
+            &stem,
+            &file_names,
+            placeholder.len(),
+            &facts,
+        )
     } else {
         export_folder(sources, &cfg, out, opts, &stem, &file_names, &facts)
     }
@@ -296,7 +342,9 @@ fn export_ova(
     };
     let tmp = dir.join(format!(
         ".{}.partial-{}",
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     let ioerr = |op: &str| {
@@ -320,7 +368,12 @@ fn export_ova(
     let mf_len = manifest_for(&placeholder_files).len();
     let desc_len = u64::try_from(reserved_descriptor).unwrap_or(u64::MAX);
     let mf_len64 = u64::try_from(mf_len).unwrap_or(u64::MAX);
-    let disks_start = tar::BLOCK + desc_len + tar::padding(desc_len) + tar::BLOCK + mf_len64 + tar::padding(mf_len64);
+    let disks_start = tar::BLOCK
+        + desc_len
+        + tar::padding(desc_len)
+        + tar::BLOCK
+        + mf_len64
+        + tar::padding(mf_len64);
     let mtime = now();
 
     let mut pos = disks_start;
@@ -328,22 +381,27 @@ fn export_ova(
     let mut digests = Vec::new();
     for (i, (disk, name)) in sources.iter().zip(file_names).enumerate() {
         let header_at = pos;
-        file.seek(SeekFrom::Start(header_at + tar::BLOCK)).map_err(ioerr("seek"))?;
+        file.seek(SeekFrom::Start(header_at + tar::BLOCK))
+            .map_err(ioerr("seek"))?;
         let (size, digest) = {
             let buf = BufWriter::with_capacity(1 << 20, &mut file);
             write_disk(disk, i, sources.len(), name, buf, opts, &label)?
         };
         let pad = tar::padding(size);
-        file.write_all(&vec![0u8; usize::try_from(pad).unwrap_or(0)]).map_err(ioerr("write padding"))?;
-        file.seek(SeekFrom::Start(header_at)).map_err(ioerr("seek"))?;
-        file.write_all(&tar::header(name, size, mtime)?).map_err(ioerr("write tar header"))?;
+        file.write_all(&vec![0u8; usize::try_from(pad).unwrap_or(0)])
+            .map_err(ioerr("write padding"))?;
+        file.seek(SeekFrom::Start(header_at))
+            .map_err(ioerr("seek"))?;
+        file.write_all(&tar::header(name, size, mtime)?)
+            .map_err(ioerr("write tar header"))?;
         pos = header_at + tar::BLOCK + size + pad;
         sizes.push(Some(size));
         digests.push(digest);
     }
     // End-of-archive marker.
     file.seek(SeekFrom::Start(pos)).map_err(ioerr("seek"))?;
-    file.write_all(&[0u8; 1024]).map_err(ioerr("write end of archive"))?;
+    file.write_all(&[0u8; 1024])
+        .map_err(ioerr("write end of archive"))?;
 
     let mut descriptor = generate(cfg, &facts(&sizes), opts.format)?.into_bytes();
     if descriptor.len() > reserved_descriptor {
@@ -379,11 +437,18 @@ fn export_ova(
     let mut head = Vec::new();
     head.extend_from_slice(&tar::header(&desc_name, desc_len, mtime)?);
     head.extend_from_slice(&descriptor);
-    head.resize(head.len() + usize::try_from(tar::padding(desc_len)).unwrap_or(0), 0);
+    head.resize(
+        head.len() + usize::try_from(tar::padding(desc_len)).unwrap_or(0),
+        0,
+    );
     head.extend_from_slice(&tar::header(&mf_name, mf_len64, mtime)?);
     head.extend_from_slice(manifest.as_bytes());
-    head.resize(head.len() + usize::try_from(tar::padding(mf_len64)).unwrap_or(0), 0);
-    file.write_all(&head).map_err(ioerr("write descriptor and manifest"))?;
+    head.resize(
+        head.len() + usize::try_from(tar::padding(mf_len64)).unwrap_or(0),
+        0,
+    );
+    file.write_all(&head)
+        .map_err(ioerr("write descriptor and manifest"))?;
     file.sync_all().map_err(ioerr("fsync"))?;
     drop(file);
     fs::rename(&tmp, out).map_err(ioerr("rename into place"))?;
@@ -411,16 +476,27 @@ fn export_folder(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&dir).map_err(|e| OvfError::io(dir.display().to_string(), "create folder", e))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| OvfError::io(dir.display().to_string(), "create folder", e))?;
     let mut guard = Cleanup(Vec::new());
     let mut sizes = Vec::new();
     let mut disk_files = Vec::new();
     for (i, (disk, name)) in sources.iter().zip(file_names).enumerate() {
         let path = dir.join(name);
-        let f = File::create(&path).map_err(|e| OvfError::io(path.display().to_string(), "create", e))?;
+        let f = File::create(&path)
+            .map_err(|e| OvfError::io(path.display().to_string(), "create", e))?;
         guard.0.push(path.clone());
-        let (size, digest) = write_disk(disk, i, sources.len(), name, BufWriter::with_capacity(1 << 20, &f), opts, &label)?;
-        f.sync_all().map_err(|e| OvfError::io(path.display().to_string(), "fsync", e))?;
+        let (size, digest) = write_disk(
+            disk,
+            i,
+            sources.len(),
+            name,
+            BufWriter::with_capacity(1 << 20, &f),
+            opts,
+            &label,
+        )?;
+        f.sync_all()
+            .map_err(|e| OvfError::io(path.display().to_string(), "fsync", e))?;
         sizes.push(Some(size));
         disk_files.push(ExportedFile {
             name: name.clone(),
@@ -438,7 +514,12 @@ fn export_folder(
         href: desc_name.clone(),
         reason,
     })?;
-    let mf_name = format!("{}.mf", desc_name.get(..desc_name.len().saturating_sub(4)).unwrap_or(stem));
+    let mf_name = format!(
+        "{}.mf",
+        desc_name
+            .get(..desc_name.len().saturating_sub(4))
+            .unwrap_or(stem)
+    );
     let descriptor = generate(cfg, &facts(&sizes), opts.format)?;
     let mut files = vec![ExportedFile {
         name: desc_name.clone(),
@@ -448,11 +529,17 @@ fn export_folder(
     files.extend(disk_files);
     let desc_path = dir.join(&desc_name);
     let mf_path = dir.join(&mf_name);
-    for (path, data) in [(&desc_path, descriptor.as_bytes()), (&mf_path, manifest_for(&files).as_bytes())] {
+    for (path, data) in [
+        (&desc_path, descriptor.as_bytes()),
+        (&mf_path, manifest_for(&files).as_bytes()),
+    ] {
         guard.0.push(path.clone());
-        let mut f = File::create(path).map_err(|e| OvfError::io(path.display().to_string(), "create", e))?;
-        f.write_all(data).map_err(|e| OvfError::io(path.display().to_string(), "write", e))?;
-        f.sync_all().map_err(|e| OvfError::io(path.display().to_string(), "fsync", e))?;
+        let mut f = File::create(path)
+            .map_err(|e| OvfError::io(path.display().to_string(), "create", e))?;
+        f.write_all(data)
+            .map_err(|e| OvfError::io(path.display().to_string(), "write", e))?;
+        f.sync_all()
+            .map_err(|e| OvfError::io(path.display().to_string(), "fsync", e))?;
     }
     guard.0.clear();
     if let Ok(d) = File::open(&dir) {

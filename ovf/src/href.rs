@@ -45,7 +45,11 @@ pub fn check_relative(href: &str) -> Result<(), String> {
     for seg in href.split('/') {
         match seg {
             "" => return Err("empty path segment".into()),
-            "." | ".." => return Err(format!("'{seg}' path segment leaves or aliases the package")),
+            "." | ".." => {
+                return Err(format!(
+                    "'{seg}' path segment leaves or aliases the package"
+                ))
+            }
             _ => {}
         }
     }

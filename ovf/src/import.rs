@@ -110,7 +110,19 @@ pub fn import_verify(pkg: &Path) -> Result<VerifiedPackage> {
 /// whose signature fails, a VM that cannot be mapped, a disk whose format is unsupported or
 /// whose image does not open.
 pub fn import_verify_with(pkg: &Path, opts: &ImportOptions) -> Result<VerifiedPackage> {
-    let package = Package::open(pkg)?;
+    verify_package(Package::open(pkg)?, opts)
+}
+
+/// [`import_verify_with`] for an OVA held by any reader (`name` labels it in messages).
+pub fn import_verify_ova(
+    reader: Arc<dyn ReadAt>,
+    name: &str,
+    opts: &ImportOptions,
+) -> Result<VerifiedPackage> {
+    verify_package(Package::open_ova(reader, name.to_owned())?, opts)
+}
+
+fn verify_package(package: Package, opts: &ImportOptions) -> Result<VerifiedPackage> {
     let label = format!("{}: {}", package.display, package.descriptor_name);
     let parsed = parse_descriptor(&package.descriptor, &label)?;
     let env = &parsed.envelope;
@@ -133,7 +145,12 @@ pub fn import_verify_with(pkg: &Path, opts: &ImportOptions) -> Result<VerifiedPa
                     detail: format!("disk {:?}: File {file_id:?} vanished", d.disk_id),
                 })?;
                 let vd = env.disk(&d.disk_id);
-                open_disk(&package, f, vd.and_then(|v| v.format.as_deref()), d.capacity)?
+                open_disk(
+                    &package,
+                    f,
+                    vd.and_then(|v| v.format.as_deref()),
+                    d.capacity,
+                )?
             }
         };
         disks.push(ImportDisk {
@@ -153,7 +170,12 @@ pub fn import_verify_with(pkg: &Path, opts: &ImportOptions) -> Result<VerifiedPa
 }
 
 /// Opens the image of one disk file, in place.
-fn open_disk(pkg: &Package, f: &FileRef, format: Option<&str>, capacity: u64) -> Result<Arc<dyn BlockSource>> {
+fn open_disk(
+    pkg: &Package,
+    f: &FileRef,
+    format: Option<&str>,
+    capacity: u64,
+) -> Result<Arc<dyn BlockSource>> {
     if let Some(c) = &f.compression {
         return Err(OvfError::Unsupported {
             file: pkg.display.clone(),
@@ -184,11 +206,18 @@ fn open_disk(pkg: &Package, f: &FileRef, format: Option<&str>, capacity: u64) ->
         })?;
         Arc::new(image)
     } else if fmt.contains("wiki/byte") || fmt.ends_with("#raw") || fmt == "raw" {
-        Arc::new(RawSource::new(reader).map_err(|e| OvfError::io(&pkg.display, format!("{}: size", f.href), e))?)
+        Arc::new(
+            RawSource::new(reader)
+                .map_err(|e| OvfError::io(&pkg.display, format!("{}: size", f.href), e))?,
+        )
     } else {
         return Err(OvfError::Unsupported {
             file: pkg.display.clone(),
-            what: format!("{}: disk format {format:?} (VMDK and raw are supported)", f.href, format = format.unwrap_or("")),
+            what: format!(
+                "{}: disk format {format:?} (VMDK and raw are supported)",
+                f.href,
+                format = format.unwrap_or("")
+            ),
         });
     };
     if source.size() > capacity {
@@ -218,7 +247,9 @@ impl Chunks {
             let name = format!("{}.{i:09}", f.href);
             let Some(m) = pkg.member(&name)? else { break };
             parts.push((len, m.size, m.reader));
-            len = len.checked_add(m.size).ok_or_else(|| OvfError::package(&pkg.display, "chunk sizes overflow"))?;
+            len = len
+                .checked_add(m.size)
+                .ok_or_else(|| OvfError::package(&pkg.display, "chunk sizes overflow"))?;
         }
         if parts.is_empty() {
             return Err(OvfError::MissingFile {
@@ -245,7 +276,9 @@ impl ReadAt for Chunks {
                 continue;
             }
             let n = usize::try_from((end.min(part_end)) - pos).unwrap_or(0);
-            let dst = buf.get_mut(done..done + n).ok_or(io::ErrorKind::UnexpectedEof)?;
+            let dst = buf
+                .get_mut(done..done + n)
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
             r.read_at(dst, pos - start)?;
             done += n;
             pos += u64::try_from(n).unwrap_or(0);

@@ -5,9 +5,11 @@
 //! descriptors, unsafe references, malformed or misordered archives, malformed manifests.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use vdisk_vmconfig::VmConfig;
+use vdisk_vmdk::ReadAt;
 
 use crate::cert::CertificateStatus;
 use crate::error::Result;
@@ -80,7 +82,19 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
 
 /// Inspects a package; writes nothing.
 pub fn inspect_with(path: &Path, opts: &InspectOptions) -> Result<InspectReport> {
-    let package = Package::open(path)?;
+    report(Package::open(path)?, opts)
+}
+
+/// Inspects an OVA held by any reader (`name` labels it in messages).
+pub fn inspect_ova(
+    reader: Arc<dyn ReadAt>,
+    name: &str,
+    opts: &InspectOptions,
+) -> Result<InspectReport> {
+    report(Package::open_ova(reader, name.to_owned())?, opts)
+}
+
+fn report(package: Package, opts: &InspectOptions) -> Result<InspectReport> {
     let label = match package.kind {
         PackageKind::Ova => format!("{}: {}", package.display, package.descriptor_name),
         PackageKind::Folder => package.display.clone(),
@@ -110,10 +124,11 @@ pub fn inspect_with(path: &Path, opts: &InspectOptions) -> Result<InspectReport>
             .iter()
             .map(|e| env.resolve_text(&e.license, None))
             .collect();
-        let (vm_config, disks, import_error, sys_warnings) = match map_system(&env, vs, &package.display) {
-            Ok(m) => (Some(m.config), m.disks, None, m.warnings),
-            Err(e) => (None, Vec::new(), Some(e.to_string()), Vec::new()),
-        };
+        let (vm_config, disks, import_error, sys_warnings) =
+            match map_system(&env, vs, &package.display) {
+                Ok(m) => (Some(m.config), m.disks, None, m.warnings),
+                Err(e) => (None, Vec::new(), Some(e.to_string()), Vec::new()),
+            };
         systems.push(SystemReport {
             id: vs.id.clone(),
             name: vs.name.clone(),

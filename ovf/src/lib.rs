@@ -31,13 +31,18 @@ pub mod mapping;
 pub mod tar;
 
 mod package;
-mod xmlwrite;
 mod verify;
+mod xmlwrite;
 
-pub use package::PackageKind;
-pub use verify::{DigestCheck, FileStatus, ManifestReport};
+pub use cert::CertificateStatus;
 pub use export::{export, ExportDisk, ExportOptions, ExportProgress, ExportReport, ExportedFile};
 pub use generate::OvfVersion;
-pub use import::{import_verify, import_verify_with, BlankDisk, ImportDisk, ImportOptions, VerifiedPackage};
-pub use inspect::{inspect, inspect_with, InspectOptions, InspectReport, SystemReport};
-pub use cert::CertificateStatus;
+pub use import::{
+    import_verify, import_verify_ova, import_verify_with, BlankDisk, ImportDisk, ImportOptions,
+    VerifiedPackage,
+};
+pub use inspect::{
+    inspect, inspect_ova, inspect_with, InspectOptions, InspectReport, SystemReport,
+};
+pub use package::PackageKind;
+pub use verify::{DigestCheck, FileStatus, ManifestReport};

@@ -164,8 +164,12 @@ pub fn parse_manifest(text: &[u8], file: &str) -> Result<Vec<ManifestEntry>> {
             continue;
         }
         let bad = |why: &str| err(format!("line {lineno}: {why}: {line:?}"));
-        let open = line.find('(').ok_or_else(|| bad("expected ALG(name)= digest"))?;
-        let eq = line.rfind('=').ok_or_else(|| bad("expected ALG(name)= digest"))?;
+        let open = line
+            .find('(')
+            .ok_or_else(|| bad("expected ALG(name)= digest"))?;
+        let eq = line
+            .rfind('=')
+            .ok_or_else(|| bad("expected ALG(name)= digest"))?;
         let before_eq = line.get(..eq).unwrap_or("").trim_end();
         let close = before_eq
             .strip_suffix(')')
@@ -210,7 +214,12 @@ pub fn parse_manifest(text: &[u8], file: &str) -> Result<Vec<ManifestEntry>> {
 pub fn render_manifest(entries: &[ManifestEntry]) -> String {
     let mut s = String::new();
     for e in entries {
-        s.push_str(&format!("{}({})= {}\n", e.algorithm.name(), e.name, e.digest));
+        s.push_str(&format!(
+            "{}({})= {}\n",
+            e.algorithm.name(),
+            e.name,
+            e.digest
+        ));
     }
     s
 }
@@ -256,9 +265,14 @@ mod tests {
 
     #[test]
     fn digests() {
-        assert_eq!(digest_reader(DigestAlgorithm::Sha1, &b"abc"[..]).unwrap().0, SHA1_ABC);
         assert_eq!(
-            digest_reader(DigestAlgorithm::Sha256, &b"abc"[..]).unwrap().0,
+            digest_reader(DigestAlgorithm::Sha1, &b"abc"[..]).unwrap().0,
+            SHA1_ABC
+        );
+        assert_eq!(
+            digest_reader(DigestAlgorithm::Sha256, &b"abc"[..])
+                .unwrap()
+                .0,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

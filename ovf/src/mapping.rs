@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
-use vdisk_vmconfig::{DiskBus, DiskConfig, Firmware, NicConfig, NicModel, VmConfig, CONFIG_VERSION};
+use vdisk_vmconfig::{
+    DiskBus, DiskConfig, Firmware, NicConfig, NicModel, VmConfig, CONFIG_VERSION,
+};
 
 use crate::error::{OvfError, Result};
 use crate::generate::{ANNOTATION_KEY, ANNOTATION_PRODUCT_CLASS};
@@ -55,13 +57,20 @@ pub struct MappedVm {
 
 /// The VirtualSystem to import: `id`, or the only one. Several without an id is an error
 /// naming them.
-pub fn select_system<'a>(env: &'a Envelope, id: Option<&str>, file: &str) -> Result<&'a VirtualSystem> {
+pub fn select_system<'a>(
+    env: &'a Envelope,
+    id: Option<&str>,
+    file: &str,
+) -> Result<&'a VirtualSystem> {
     let systems = env.content.systems();
     match id {
-        Some(id) => systems.into_iter().find(|s| s.id == id).ok_or_else(|| OvfError::Unmappable {
-            file: file.to_owned(),
-            detail: format!("no VirtualSystem with ovf:id {id:?}"),
-        }),
+        Some(id) => systems
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| OvfError::Unmappable {
+                file: file.to_owned(),
+                detail: format!("no VirtualSystem with ovf:id {id:?}"),
+            }),
         None => match systems.as_slice() {
             [one] => Ok(one),
             many => Err(OvfError::Unmappable {
@@ -69,7 +78,10 @@ pub fn select_system<'a>(env: &'a Envelope, id: Option<&str>, file: &str) -> Res
                 detail: format!(
                     "the package holds {} virtual machines ({}); choose one",
                     many.len(),
-                    many.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|s| s.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }),
         },
@@ -88,7 +100,9 @@ fn chosen_configuration(env: &Envelope) -> Option<&str> {
 fn effective_items<'a>(items: &'a [HardwareItem], conf: Option<&str>) -> Vec<&'a HardwareItem> {
     let mut out: Vec<&HardwareItem> = Vec::new();
     for it in items {
-        if !it.configurations.is_empty() && !conf.is_some_and(|c| it.configurations.iter().any(|x| x == c)) {
+        if !it.configurations.is_empty()
+            && !conf.is_some_and(|c| it.configurations.iter().any(|x| x == c))
+        {
             continue;
         }
         if matches!(it.bound.as_deref(), Some("min") | Some("max")) {
@@ -103,7 +117,11 @@ fn effective_items<'a>(items: &'a [HardwareItem], conf: Option<&str>) -> Vec<&'a
 }
 
 fn bus_of_controller(it: &HardwareItem) -> Option<DiskBus> {
-    let sub = it.resource_sub_type.as_deref().unwrap_or("").to_ascii_lowercase();
+    let sub = it
+        .resource_sub_type
+        .as_deref()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match it.resource_type? {
         5 => Some(DiskBus::Ide),
         6 => Some(DiskBus::Scsi),
@@ -116,7 +134,9 @@ fn bus_of_controller(it: &HardwareItem) -> Option<DiskBus> {
 
 fn normalize_mac(s: &str) -> Option<String> {
     let hex: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let seps_ok = s.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '-');
+    let seps_ok = s
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '-');
     if hex.len() != 12 || !seps_ok {
         return None;
     }
@@ -160,10 +180,20 @@ fn what_is(rt: u32) -> Option<&'static str> {
 fn unique_bundle(base: &str, used: &mut HashSet<String>) -> String {
     let clean: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let clean = clean.trim_matches(|c| c == '_' || c == '.').to_owned();
-    let clean = if clean.is_empty() { "disk".to_owned() } else { clean };
+    let clean = if clean.is_empty() {
+        "disk".to_owned()
+    } else {
+        clean
+    };
     let mut name = format!("{clean}.vdisk");
     let mut n = 2;
     while !used.insert(name.clone()) {
@@ -180,14 +210,21 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
     if env.deployment_options.len() > 1 {
         warnings.push(format!(
             "deployment options {:?}: using {:?}",
-            env.deployment_options.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            env.deployment_options
+                .iter()
+                .map(|c| c.id.as_str())
+                .collect::<Vec<_>>(),
             conf.unwrap_or("")
         ));
     }
-    let hw = vs.sections.hardware.first().ok_or_else(|| OvfError::Unmappable {
-        file: file.to_owned(),
-        detail: format!("VirtualSystem {:?} has no VirtualHardwareSection", vs.id),
-    })?;
+    let hw = vs
+        .sections
+        .hardware
+        .first()
+        .ok_or_else(|| OvfError::Unmappable {
+            file: file.to_owned(),
+            detail: format!("VirtualSystem {:?} has no VirtualHardwareSection", vs.id),
+        })?;
     if vs.sections.hardware.len() > 1 {
         warnings.push(format!(
             "VirtualSystem {:?} has {} VirtualHardwareSections; using the first",
@@ -208,7 +245,10 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
         let label = format!(
             "item {:?} ({})",
             it.instance_id,
-            it.element_name.as_deref().or(it.caption.as_deref()).unwrap_or("")
+            it.element_name
+                .as_deref()
+                .or(it.caption.as_deref())
+                .unwrap_or("")
         );
         match it.resource_type {
             Some(3) => {
@@ -222,13 +262,21 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
             Some(4) => {
                 let units = it.allocation_units.as_deref();
                 if units.is_none() {
-                    warnings.push(format!("{label}: memory without AllocationUnits; assuming MB"));
+                    warnings.push(format!(
+                        "{label}: memory without AllocationUnits; assuming MB"
+                    ));
                 }
                 if let Some(q) = it.virtual_quantity {
-                    let bytes = to_bytes(q, Some(units.unwrap_or("byte * 2^20"))).ok_or_else(|| OvfError::Unmappable {
-                        file: file.to_owned(),
-                        detail: format!("{label}: memory {q} {:?} is not a byte quantity", units.unwrap_or("")),
-                    })?;
+                    let bytes =
+                        to_bytes(q, Some(units.unwrap_or("byte * 2^20"))).ok_or_else(|| {
+                            OvfError::Unmappable {
+                                file: file.to_owned(),
+                                detail: format!(
+                                    "{label}: memory {q} {:?} is not a byte quantity",
+                                    units.unwrap_or("")
+                                ),
+                            }
+                        })?;
                     memory_mib = Some(bytes.div_ceil(1 << 20));
                 }
             }
@@ -242,7 +290,9 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
                 } else if host_resource_file(hr).is_some() {
                     return Err(OvfError::Unsupported {
                         file: file.to_owned(),
-                        what: format!("{label}: a disk backed directly by a file ({hr}) rather than a Disk"),
+                        what: format!(
+                            "{label}: a disk backed directly by a file ({hr}) rather than a Disk"
+                        ),
                     });
                 } else {
                     env.disks
@@ -250,7 +300,9 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
                         .find(|d| d.file_ref.as_deref() == Some(hr.as_str()) || d.disk_id == *hr)
                 };
                 let Some(disk) = disk else {
-                    warnings.push(format!("{label}: HostResource {hr:?} names no disk; skipped"));
+                    warnings.push(format!(
+                        "{label}: HostResource {hr:?} names no disk; skipped"
+                    ));
                     continue;
                 };
                 if disk.parent_ref.is_some() {
@@ -261,14 +313,22 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
                 }
                 let capacity = disk.capacity_bytes.ok_or_else(|| OvfError::Unmappable {
                     file: file.to_owned(),
-                    detail: format!("disk {:?}: capacity {:?} is unknown", disk.disk_id, disk.capacity),
+                    detail: format!(
+                        "disk {:?}: capacity {:?} is unknown",
+                        disk.disk_id, disk.capacity
+                    ),
                 })?;
                 let parent = it
                     .parent
                     .as_deref()
                     .and_then(|p| items.iter().find(|c| c.instance_id == p));
                 let bus = parent.and_then(|p| bus_of_controller(p)).or_else(|| {
-                    match disk.extra.get("disk-interface").map(|s| s.to_ascii_lowercase()).as_deref() {
+                    match disk
+                        .extra
+                        .get("disk-interface")
+                        .map(|s| s.to_ascii_lowercase())
+                        .as_deref()
+                    {
                         Some("virtio") => Some(DiskBus::Virtio),
                         Some("virtio_scsi") => Some(DiskBus::Scsi),
                         Some("ide") => Some(DiskBus::Ide),
@@ -277,11 +337,15 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
                     }
                 });
                 let bus = bus.unwrap_or_else(|| {
-                    warnings.push(format!("{label}: controller not recognized; attaching the disk as virtio"));
+                    warnings.push(format!(
+                        "{label}: controller not recognized; attaching the disk as virtio"
+                    ));
                     DiskBus::Virtio
                 });
                 let origin = match env.disk_file(disk) {
-                    Some(f) => DiskOrigin::File { file_id: f.id.clone() },
+                    Some(f) => DiskOrigin::File {
+                        file_id: f.id.clone(),
+                    },
                     None => DiskOrigin::Blank,
                 };
                 let base = match env.disk_file(disk) {
@@ -293,7 +357,10 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
                 };
                 let bundle_path = unique_bundle(&base, &mut used_bundles);
                 let boot_order = it.boot_order.or_else(|| {
-                    it.other.get("BootOrder").and_then(|b| b.parse().ok()).filter(|b| *b > 0)
+                    it.other
+                        .get("BootOrder")
+                        .and_then(|b| b.parse().ok())
+                        .filter(|b| *b > 0)
                 });
                 config_disks.push(DiskConfig {
                     path: bundle_path.clone(),
@@ -343,13 +410,18 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
         }
     }
     for (what, n) in unmapped {
-        warnings.push(format!("{n} {what}(s) not mapped (the VMM does not emulate them)"));
+        warnings.push(format!(
+            "{n} {what}(s) not mapped (the VMM does not emulate them)"
+        ));
     }
     let referenced: HashSet<&str> = disks.iter().map(|d| d.disk_id.as_str()).collect();
     if matches!(env.content, Content::System(_)) {
         for d in &env.disks {
             if !referenced.contains(d.disk_id.as_str()) {
-                warnings.push(format!("disk {:?} is not attached to the VM; not imported", d.disk_id));
+                warnings.push(format!(
+                    "disk {:?} is not attached to the VM; not imported",
+                    d.disk_id
+                ));
             }
         }
     }
@@ -398,7 +470,11 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
                 annotations.insert(prop.key.clone(), prop.value.clone().unwrap_or_default());
             }
         } else {
-            for (k, v) in [("product", &p.product), ("vendor", &p.vendor), ("version", &p.version)] {
+            for (k, v) in [
+                ("product", &p.product),
+                ("vendor", &p.vendor),
+                ("version", &p.version),
+            ] {
                 if let Some(v) = v {
                     annotations.entry(k.to_owned()).or_insert_with(|| v.clone());
                 }
@@ -411,7 +487,11 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
             vs.sections.eulas.len()
         ));
     }
-    let name = vs.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| vs.id.clone());
+    let name = vs
+        .name
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| vs.id.clone());
     let config = VmConfig {
         config_version: CONFIG_VERSION,
         name: name.chars().filter(|c| !c.is_control()).collect(),
@@ -443,14 +523,20 @@ fn firmware_of(vs: &VirtualSystem) -> Firmware {
         .find(|(k, _)| k == "firmware")
         .map(|(_, v)| v.to_ascii_lowercase());
     if let Some(v) = vmw {
-        return if v == "efi" { Firmware::Uefi } else { Firmware::Bios };
+        return if v == "efi" {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        };
     }
     if let Some(m) = &s.vbox_machine {
         // The verbatim XML relies on the envelope's namespace declarations: scan it as text.
         let mut rest = m.as_str();
         while let Some(at) = rest.find("<Firmware") {
             let tail = rest.get(at..).unwrap_or("");
-            let tag = tail.get(..tail.find('>').unwrap_or(tail.len())).unwrap_or("");
+            let tag = tail
+                .get(..tail.find('>').unwrap_or(tail.len()))
+                .unwrap_or("");
             if tag.contains("type=\"EFI") || tag.contains("type='EFI") {
                 return Firmware::Uefi;
             }
@@ -458,7 +544,10 @@ fn firmware_of(vs: &VirtualSystem) -> Firmware {
         }
     }
     // oVirt BiosType: 3 = Q35 + OVMF, 4 = Q35 + secure boot.
-    if matches!(s.vendor_fields.get("BiosType").map(String::as_str), Some("3") | Some("4")) {
+    if matches!(
+        s.vendor_fields.get("BiosType").map(String::as_str),
+        Some("3") | Some("4")
+    ) {
         return Firmware::Uefi;
     }
     Firmware::Bios

@@ -52,7 +52,13 @@ fn looks_like_tar(f: &File) -> bool {
     vdisk_vmdk::ReadAt::read_at(f, &mut magic, 257).is_ok() && &magic == b"ustar"
 }
 
-fn read_bounded(src: &dyn ReadAt, offset: u64, size: u64, file: &str, what: &str) -> Result<Vec<u8>> {
+fn read_bounded(
+    src: &dyn ReadAt,
+    offset: u64,
+    size: u64,
+    file: &str,
+    what: &str,
+) -> Result<Vec<u8>> {
     if size > MAX_DESCRIPTOR_BYTES {
         return Err(OvfError::Limit {
             file: file.to_owned(),
@@ -73,7 +79,8 @@ impl Package {
         let display = path.display().to_string();
         if path.is_dir() {
             let mut found = Vec::new();
-            let entries = std::fs::read_dir(path).map_err(|e| OvfError::io(&display, "list folder", e))?;
+            let entries =
+                std::fs::read_dir(path).map_err(|e| OvfError::io(&display, "list folder", e))?;
             for e in entries {
                 let e = e.map_err(|e| OvfError::io(&display, "list folder", e))?;
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -83,8 +90,14 @@ impl Package {
             }
             return match found.as_slice() {
                 [one] => Self::open_descriptor(one),
-                [] => Err(OvfError::package(&display, "no .ovf descriptor in this folder")),
-                _ => Err(OvfError::package(&display, "several .ovf descriptors in this folder; name one")),
+                [] => Err(OvfError::package(
+                    &display,
+                    "no .ovf descriptor in this folder",
+                )),
+                _ => Err(OvfError::package(
+                    &display,
+                    "several .ovf descriptors in this folder; name one",
+                )),
             };
         }
         let file = File::open(path).map_err(|e| OvfError::io(&display, "open", e))?;
@@ -95,7 +108,11 @@ impl Package {
         if !is_ova {
             return Self::open_descriptor(path);
         }
-        let file: Arc<dyn ReadAt> = Arc::new(file);
+        Self::open_ova(Arc::new(file), display)
+    }
+
+    /// Opens an OVA held by any reader (a file, a buffer).
+    pub fn open_ova(file: Arc<dyn ReadAt>, display: String) -> Result<Package> {
         let members = tar::scan(file.as_ref(), &display)?;
         let first = members
             .first()
@@ -103,10 +120,19 @@ impl Package {
         if !is_ovf_name(&first.name) {
             return Err(OvfError::package(
                 &display,
-                format!("the first tar entry is {:?}, not the .ovf descriptor", first.name),
+                format!(
+                    "the first tar entry is {:?}, not the .ovf descriptor",
+                    first.name
+                ),
             ));
         }
-        let descriptor = read_bounded(file.as_ref(), first.data_offset, first.size, &display, "descriptor")?;
+        let descriptor = read_bounded(
+            file.as_ref(),
+            first.data_offset,
+            first.size,
+            &display,
+            "descriptor",
+        )?;
         Ok(Package {
             display,
             kind: PackageKind::Ova,
@@ -189,9 +215,13 @@ impl Package {
             });
         }
         if !meta.is_file() {
-            return Err(OvfError::package(&self.display, format!("{name} is not a regular file")));
+            return Err(OvfError::package(
+                &self.display,
+                format!("{name} is not a regular file"),
+            ));
         }
-        let file = File::open(&path).map_err(|e| OvfError::io(path.display().to_string(), "open", e))?;
+        let file =
+            File::open(&path).map_err(|e| OvfError::io(path.display().to_string(), "open", e))?;
         Ok(Some(Member {
             size: meta.len(),
             reader: Arc::new(file),

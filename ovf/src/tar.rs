@@ -81,7 +81,7 @@ fn checksum_ok(h: &[u8; 512]) -> bool {
     for (i, b) in h.iter().enumerate() {
         let b = if (148..156).contains(&i) { b' ' } else { *b };
         unsigned += u64::from(b);
-        signed += i64::from(b as i8);
+        signed += i64::from(i8::from_ne_bytes([b]));
     }
     stored == unsigned || i64::try_from(stored).ok() == Some(signed)
 }
@@ -139,7 +139,10 @@ pub fn scan(src: &dyn ReadAt, file: &str) -> Result<Vec<TarMember>> {
             if offset == total && !members.is_empty() {
                 break; // tolerate a missing end-of-archive marker
             }
-            return Err(perr(file, format!("truncated tar archive: no header at byte {offset}")));
+            return Err(perr(
+                file,
+                format!("truncated tar archive: no header at byte {offset}"),
+            ));
         }
         let mut h = [0u8; 512];
         src.read_at(&mut h, offset)
@@ -157,7 +160,12 @@ pub fn scan(src: &dyn ReadAt, file: &str) -> Result<Vec<TarMember>> {
             });
         }
         if !checksum_ok(&h) {
-            return Err(perr(file, format!("tar header at byte {offset}: bad checksum (not a tar archive, or corrupt)")));
+            return Err(perr(
+                file,
+                format!(
+                    "tar header at byte {offset}: bad checksum (not a tar archive, or corrupt)"
+                ),
+            ));
         }
         let header_size = parse_number(field(&h, 124, 12))
             .ok_or_else(|| perr(file, format!("tar header at byte {offset}: bad size field")))?;
@@ -224,7 +232,10 @@ pub fn scan(src: &dyn ReadAt, file: &str) -> Result<Vec<TarMember>> {
                 };
                 return Err(perr(
                     file,
-                    format!("tar member {:?} at byte {offset} is {what}: refused", cstr(field(&h, 0, 100))),
+                    format!(
+                        "tar member {:?} at byte {offset} is {what}: refused",
+                        cstr(field(&h, 0, 100))
+                    ),
                 ));
             }
         }
@@ -399,7 +410,7 @@ mod tests {
 
     #[test]
     fn pax_records() {
-        let (p, s) = parse_pax(b"20 path=dir/a.vmdk\n16 size=123456\n");
+        let (p, s) = parse_pax(b"19 path=dir/a.vmdk\n15 size=123456\n");
         assert_eq!(p.as_deref(), Some("dir/a.vmdk"));
         assert_eq!(s, Some(123456));
     }

@@ -126,18 +126,22 @@ fn locate(pkg: &Package, f: &FileRef) -> Result<Vec<(String, u64)>> {
 
 /// Hashes a package member.
 pub(crate) fn digest_member(pkg: &Package, name: &str, alg: DigestAlgorithm) -> Result<String> {
-    let m = pkg
-        .member(name)?
-        .ok_or_else(|| OvfError::package(&pkg.display, format!("{name} vanished during verification")))?;
+    let m = pkg.member(name)?.ok_or_else(|| {
+        OvfError::package(&pkg.display, format!("{name} vanished during verification"))
+    })?;
     let mut h = alg.hasher();
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
     while off < m.size {
         let n = usize::try_from((m.size - off).min(1 << 20)).unwrap_or(1 << 20);
         let chunk = buf.get_mut(..n).unwrap_or(&mut []);
-        m.reader
-            .read_at(chunk, off)
-            .map_err(|e| OvfError::io(format!("{}: {name}", pkg.display), format!("read at byte {off}"), e))?;
+        m.reader.read_at(chunk, off).map_err(|e| {
+            OvfError::io(
+                format!("{}: {name}", pkg.display),
+                format!("read at byte {off}"),
+                e,
+            )
+        })?;
         h.update(chunk);
         off += u64::try_from(n).unwrap_or(0);
     }
@@ -158,9 +162,14 @@ pub(crate) fn verify(pkg: &Package, env: &Envelope, mode: Mode) -> Result<Verifi
         let actual: Option<u64> = if parts.is_empty() {
             None
         } else {
-            Some(parts.iter().try_fold(0u64, |a, (_, s)| a.checked_add(*s)).ok_or_else(|| {
-                OvfError::package(&file, format!("{}: chunk sizes overflow", f.href))
-            })?)
+            Some(
+                parts
+                    .iter()
+                    .try_fold(0u64, |a, (_, s)| a.checked_add(*s))
+                    .ok_or_else(|| {
+                        OvfError::package(&file, format!("{}: chunk sizes overflow", f.href))
+                    })?,
+            )
         };
         match actual {
             None => ck.content(OvfError::MissingFile {
@@ -212,8 +221,8 @@ pub(crate) fn verify(pkg: &Package, env: &Envelope, mode: Mode) -> Result<Verifi
             .enumerate()
             .map(|(i, m)| (m.name.as_str(), i))
             .collect();
-        let mut expect_next = 1usize;
-        for special in [&manifest_name, &cert_name].into_iter().flatten() {
+        let specials = [&manifest_name, &cert_name].into_iter().flatten();
+        for (expect_next, special) in (1usize..).zip(specials) {
             let at = pos.get(special.as_str()).copied().unwrap_or(usize::MAX);
             if at != expect_next {
                 return Err(OvfError::package(
@@ -225,7 +234,6 @@ pub(crate) fn verify(pkg: &Package, env: &Envelope, mode: Mode) -> Result<Verifi
                     ),
                 ));
             }
-            expect_next += 1;
         }
         let mut last: Option<(usize, &str)> = None;
         for st in &files {
@@ -253,8 +261,10 @@ pub(crate) fn verify(pkg: &Package, env: &Envelope, mode: Mode) -> Result<Verifi
             .collect();
         for m in members {
             if !known.contains(m.name.as_str()) {
-                ck.warnings
-                    .push(format!("{file}: tar member {} is not referenced by the descriptor; ignored", m.name));
+                ck.warnings.push(format!(
+                    "{file}: tar member {} is not referenced by the descriptor; ignored",
+                    m.name
+                ));
             }
         }
     }
@@ -358,10 +368,12 @@ pub(crate) fn verify(pkg: &Package, env: &Envelope, mode: Mode) -> Result<Verifi
                     let mf = pkg
                         .read_small(mf_name, MAX_MANIFEST_BYTES)?
                         .unwrap_or_default();
-                    let status = cert::verify(&bytes, &mf, &format!("{file}: {cert_file}"))?;
+                    let status =
+                        cert::verify(&bytes, &mf, mf_name, &format!("{file}: {cert_file}"))?;
                     if let CertificateStatus::Unverified { reason, .. } = &status {
-                        ck.warnings
-                            .push(format!("{file}: certificate present but NOT verified: {reason}"));
+                        ck.warnings.push(format!(
+                            "{file}: certificate present but NOT verified: {reason}"
+                        ));
                     }
                     status
                 }

@@ -27,7 +27,8 @@ fn config(n_disks: usize) -> VmConfig {
         network: "lan".into(),
         model: NicModel::Virtio,
     });
-    c.annotations.insert("annotation".into(), "exported by a test".into());
+    c.annotations
+        .insert("annotation".into(), "exported by a test".into());
     c.annotations.insert("owner".into(), "qa".into());
     c
 }
@@ -36,7 +37,11 @@ fn disks() -> Vec<MemDisk> {
     vec![patterned_disk(3 << 20, 1), patterned_disk(1 << 20, 2)]
 }
 
-fn do_export(dir: &Path, file: &str, format: OvfVersion) -> (VmConfig, Vec<MemDisk>, std::path::PathBuf) {
+fn do_export(
+    dir: &Path,
+    file: &str,
+    format: OvfVersion,
+) -> (VmConfig, Vec<MemDisk>, std::path::PathBuf) {
     let cfg = config(2);
     let mem = disks();
     let sources: Vec<ExportDisk> = mem
@@ -60,7 +65,10 @@ fn do_export(dir: &Path, file: &str, format: OvfVersion) -> (VmConfig, Vec<MemDi
     };
     let report = export(&sources, &cfg, &out, &opts).unwrap();
     assert_eq!(report.files.len(), 3);
-    assert!(calls.load(std::sync::atomic::Ordering::Relaxed) > 0, "progress never called");
+    assert!(
+        calls.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "progress never called"
+    );
     (cfg, mem, out)
 }
 
@@ -79,7 +87,10 @@ fn ova_round_trip_both_versions() {
         let dir = tempfile::tempdir().unwrap();
         let (cfg, mem, out) = do_export(dir.path(), "app.ova", format);
         let names: Vec<String> = read_tar(&out).into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["app.ovf", "app.mf", "app-disk1.vmdk", "app-disk2.vmdk"]);
+        assert_eq!(
+            names,
+            ["app.ovf", "app.mf", "app-disk1.vmdk", "app-disk2.vmdk"]
+        );
         // Nothing but the OVA is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
@@ -88,7 +99,12 @@ fn ova_round_trip_both_versions() {
         assert_eq!(v.disks().len(), 2);
         for (imp, m) in v.disks().iter().zip(&mem) {
             assert_eq!(imp.capacity, m.0.len() as u64);
-            assert_eq!(read_all(imp.source.as_ref()), m.0, "{format:?} {}", imp.disk_id);
+            assert_eq!(
+                read_all(imp.source.as_ref()),
+                m.0,
+                "{format:?} {}",
+                imp.disk_id
+            );
         }
         let r = vdisk_ovf::inspect(&out).unwrap();
         assert_eq!(r.kind, PackageKind::Ova);
@@ -114,7 +130,10 @@ fn folder_round_trip() {
 }
 
 fn assert_refused(pkg: &Path, what: &str, check: impl Fn(&OvfError) -> bool) {
-    let before: Vec<_> = std::fs::read_dir(pkg.parent().unwrap()).unwrap().map(|e| e.unwrap().path()).collect();
+    let before: Vec<_> = std::fs::read_dir(pkg.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     match import_verify(pkg) {
         Ok(_) => panic!("{what}: accepted"),
         Err(e) => {
@@ -122,7 +141,10 @@ fn assert_refused(pkg: &Path, what: &str, check: impl Fn(&OvfError) -> bool) {
             eprintln!("{what}: {e}");
         }
     }
-    let after: Vec<_> = std::fs::read_dir(pkg.parent().unwrap()).unwrap().map(|e| e.unwrap().path()).collect();
+    let after: Vec<_> = std::fs::read_dir(pkg.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(before, after, "{what}: files were written");
 }
 
@@ -137,10 +159,26 @@ fn tampered_disk_refused() {
     bad[(disk.data_offset + disk.size / 2) as usize] ^= 0x42;
     let p = dir.path().join("bad.ova");
     std::fs::write(&p, &bad).unwrap();
-    assert_refused(&p, "tampered disk", |e| matches!(e, OvfError::DigestMismatch { member, .. } if member == "app-disk1.vmdk"));
+    assert_refused(
+        &p,
+        "tampered disk",
+        |e| matches!(e, OvfError::DigestMismatch { member, .. } if member == "app-disk1.vmdk"),
+    );
     // inspect still describes it, with a loud warning.
-    let r = vdisk_ovf::inspect_with(&p, &vdisk_ovf::InspectOptions { verify_digests: true }).unwrap();
-    assert!(r.warnings.iter().any(|w| w.contains("does not match the manifest")), "{:?}", r.warnings);
+    let r = vdisk_ovf::inspect_with(
+        &p,
+        &vdisk_ovf::InspectOptions {
+            verify_digests: true,
+        },
+    )
+    .unwrap();
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("does not match the manifest")),
+        "{:?}",
+        r.warnings
+    );
 }
 
 #[test]
@@ -149,12 +187,21 @@ fn tampered_descriptor_refused() {
     let (_, _, out) = do_export(dir.path(), "app.ova", OvfVersion::V1_0);
     let mut members = read_tar(&out);
     let text = String::from_utf8(members[0].1.clone()).unwrap();
-    members[0].1 = text.replace("<rasd:VirtualQuantity>2<", "<rasd:VirtualQuantity>9<").into_bytes();
+    members[0].1 = text
+        .replace("<rasd:VirtualQuantity>2<", "<rasd:VirtualQuantity>9<")
+        .into_bytes();
     assert_ne!(members[0].1, text.as_bytes());
     let p = dir.path().join("bad.ova");
-    let refs: Vec<(&str, &[u8])> = members.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    let refs: Vec<(&str, &[u8])> = members
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
     write_tar(&p, &refs);
-    assert_refused(&p, "tampered descriptor", |e| matches!(e, OvfError::DigestMismatch { member, .. } if member == "app.ovf"));
+    assert_refused(
+        &p,
+        "tampered descriptor",
+        |e| matches!(e, OvfError::DigestMismatch { member, .. } if member == "app.ovf"),
+    );
 }
 
 const DESC: &str = r#"<?xml version="1.0"?>
@@ -170,7 +217,8 @@ const DESC: &str = r#"<?xml version="1.0"?>
 </Envelope>"#;
 
 fn desc(href: &str, size: usize) -> String {
-    DESC.replace("HREF", href).replace("SIZE", &size.to_string())
+    DESC.replace("HREF", href)
+        .replace("SIZE", &size.to_string())
 }
 
 #[test]
@@ -179,10 +227,26 @@ fn raw_disk_with_sha1_manifest_imports() {
     let disk = patterned_disk(1 << 20, 9).0;
     let d = desc("disk.img", disk.len());
     use sha1::{Digest, Sha1};
-    let hex = |b: &[u8]| Sha1::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let mf = format!("SHA1 (p.ovf) = {}\nSHA1 (disk.img) = {}\n", hex(d.as_bytes()), hex(&disk));
+    let hex = |b: &[u8]| {
+        Sha1::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<String>()
+    };
+    let mf = format!(
+        "SHA1 (p.ovf) = {}\nSHA1 (disk.img) = {}\n",
+        hex(d.as_bytes()),
+        hex(&disk)
+    );
     let p = dir.path().join("p.ova");
-    write_tar(&p, &[("p.ovf", d.as_bytes()), ("p.mf", mf.as_bytes()), ("disk.img", &disk)]);
+    write_tar(
+        &p,
+        &[
+            ("p.ovf", d.as_bytes()),
+            ("p.mf", mf.as_bytes()),
+            ("disk.img", &disk),
+        ],
+    );
     let v = import_verify(&p).unwrap();
     assert_eq!(read_all(v.disks()[0].source.as_ref()), disk);
     assert_eq!(v.vm_config().disks[0].path, "disk.vdisk");
@@ -192,7 +256,13 @@ fn raw_disk_with_sha1_manifest_imports() {
 fn traversal_refused() {
     let dir = tempfile::tempdir().unwrap();
     let disk = vec![0u8; 1 << 20];
-    for href in ["../disk.img", "/etc/passwd", "a/../../disk.img", "C:\\disk.img", "http://x/disk.img"] {
+    for href in [
+        "../disk.img",
+        "/etc/passwd",
+        "a/../../disk.img",
+        "C:\\disk.img",
+        "http://x/disk.img",
+    ] {
         let d = desc(href, disk.len());
         let p = dir.path().join("t.ova");
         write_tar(&p, &[("t.ovf", d.as_bytes()), ("disk.img", &disk)]);
@@ -216,7 +286,9 @@ fn folder_symlink_escape_refused() {
     std::fs::create_dir(&pkg).unwrap();
     std::os::unix::fs::symlink(&secret, pkg.join("disk.img")).unwrap();
     std::fs::write(pkg.join("p.ovf"), desc("disk.img", 1 << 20)).unwrap();
-    assert_refused(&pkg.join("p.ovf"), "symlink", |e| matches!(e, OvfError::UnsafeHref { .. }));
+    assert_refused(&pkg.join("p.ovf"), "symlink", |e| {
+        matches!(e, OvfError::UnsafeHref { .. })
+    });
 }
 
 #[test]
@@ -226,11 +298,29 @@ fn out_of_order_refused() {
     let d = desc("disk.img", disk.len());
     let mf = sha256_manifest(&[("p.ovf", d.as_bytes()), ("disk.img", &disk)]);
     let p = dir.path().join("p.ova");
-    write_tar(&p, &[("p.ovf", d.as_bytes()), ("disk.img", &disk), ("p.mf", mf.as_bytes())]);
-    assert_refused(&p, "manifest after disk", |e| e.to_string().contains("out of order"));
+    write_tar(
+        &p,
+        &[
+            ("p.ovf", d.as_bytes()),
+            ("disk.img", &disk),
+            ("p.mf", mf.as_bytes()),
+        ],
+    );
+    assert_refused(&p, "manifest after disk", |e| {
+        e.to_string().contains("out of order")
+    });
     std::fs::remove_file(&p).unwrap();
-    write_tar(&p, &[("disk.img", &disk), ("p.ovf", d.as_bytes()), ("p.mf", mf.as_bytes())]);
-    assert_refused(&p, "disk first", |e| e.to_string().contains("first tar entry"));
+    write_tar(
+        &p,
+        &[
+            ("disk.img", &disk),
+            ("p.ovf", d.as_bytes()),
+            ("p.mf", mf.as_bytes()),
+        ],
+    );
+    assert_refused(&p, "disk first", |e| {
+        e.to_string().contains("first tar entry")
+    });
     std::fs::remove_file(&p).unwrap();
     // Two files in the reverse of References order.
     let two = DESC
@@ -238,8 +328,17 @@ fn out_of_order_refused() {
             r#"<File ovf:id="f1" ovf:href="HREF" ovf:size="SIZE"/>"#,
             r#"<File ovf:id="f1" ovf:href="a.img" ovf:size="4"/><File ovf:id="f2" ovf:href="b.img" ovf:size="4"/>"#,
         );
-    write_tar(&p, &[("p.ovf", two.as_bytes()), ("b.img", b"bbbb"), ("a.img", b"aaaa")]);
-    assert_refused(&p, "files reversed", |e| e.to_string().contains("out of order"));
+    write_tar(
+        &p,
+        &[
+            ("p.ovf", two.as_bytes()),
+            ("b.img", b"bbbb"),
+            ("a.img", b"aaaa"),
+        ],
+    );
+    assert_refused(&p, "files reversed", |e| {
+        e.to_string().contains("out of order")
+    });
 }
 
 #[test]
@@ -250,12 +349,28 @@ fn lying_sizes_refused() {
     let d = desc("disk.img", disk.len() + 512);
     let mf = sha256_manifest(&[("p.ovf", d.as_bytes()), ("disk.img", &disk)]);
     let p = dir.path().join("p.ova");
-    write_tar(&p, &[("p.ovf", d.as_bytes()), ("p.mf", mf.as_bytes()), ("disk.img", &disk)]);
-    assert_refused(&p, "ovf:size lies", |e| matches!(e, OvfError::SizeMismatch { .. }));
+    write_tar(
+        &p,
+        &[
+            ("p.ovf", d.as_bytes()),
+            ("p.mf", mf.as_bytes()),
+            ("disk.img", &disk),
+        ],
+    );
+    assert_refused(&p, "ovf:size lies", |e| {
+        matches!(e, OvfError::SizeMismatch { .. })
+    });
     // The tar header claims more bytes than the archive has.
     let d = desc("disk.img", disk.len());
     let mf = sha256_manifest(&[("p.ovf", d.as_bytes()), ("disk.img", &disk)]);
-    write_tar(&p, &[("p.ovf", d.as_bytes()), ("p.mf", mf.as_bytes()), ("disk.img", &disk)]);
+    write_tar(
+        &p,
+        &[
+            ("p.ovf", d.as_bytes()),
+            ("p.mf", mf.as_bytes()),
+            ("disk.img", &disk),
+        ],
+    );
     let mut bytes = std::fs::read(&p).unwrap();
     let members = vdisk_ovf::tar::scan(&bytes, "t").unwrap();
     let h = vdisk_ovf::tar::header("disk.img", 1 << 40, 0).unwrap();
@@ -267,7 +382,9 @@ fn lying_sizes_refused() {
     let big = vec![1u8; 2 << 20];
     let d = desc("disk.img", big.len());
     write_tar(&p, &[("p.ovf", d.as_bytes()), ("disk.img", &big)]);
-    assert_refused(&p, "image larger than capacity", |e| e.to_string().contains("capacity"));
+    assert_refused(&p, "image larger than capacity", |e| {
+        e.to_string().contains("capacity")
+    });
 }
 
 #[test]
@@ -278,16 +395,40 @@ fn manifest_gaps_refused() {
     let p = dir.path().join("p.ova");
     // The manifest does not list the disk.
     let mf = sha256_manifest(&[("p.ovf", d.as_bytes())]);
-    write_tar(&p, &[("p.ovf", d.as_bytes()), ("p.mf", mf.as_bytes()), ("disk.img", &disk)]);
-    assert_refused(&p, "disk not in manifest", |e| e.to_string().contains("is not listed"));
+    write_tar(
+        &p,
+        &[
+            ("p.ovf", d.as_bytes()),
+            ("p.mf", mf.as_bytes()),
+            ("disk.img", &disk),
+        ],
+    );
+    assert_refused(&p, "disk not in manifest", |e| {
+        e.to_string().contains("is not listed")
+    });
     // The manifest lists a file that is not there.
-    let mf = sha256_manifest(&[("p.ovf", d.as_bytes()), ("disk.img", &disk), ("ghost.img", b"")]);
-    write_tar(&p, &[("p.ovf", d.as_bytes()), ("p.mf", mf.as_bytes()), ("disk.img", &disk)]);
-    assert_refused(&p, "ghost in manifest", |e| e.to_string().contains("not in the package"));
+    let mf = sha256_manifest(&[
+        ("p.ovf", d.as_bytes()),
+        ("disk.img", &disk),
+        ("ghost.img", b""),
+    ]);
+    write_tar(
+        &p,
+        &[
+            ("p.ovf", d.as_bytes()),
+            ("p.mf", mf.as_bytes()),
+            ("disk.img", &disk),
+        ],
+    );
+    assert_refused(&p, "ghost in manifest", |e| {
+        e.to_string().contains("not in the package")
+    });
     // A referenced file is missing.
     let mf = sha256_manifest(&[("p.ovf", d.as_bytes())]);
     write_tar(&p, &[("p.ovf", d.as_bytes()), ("p.mf", mf.as_bytes())]);
-    assert_refused(&p, "missing disk", |e| matches!(e, OvfError::MissingFile { .. }));
+    assert_refused(&p, "missing disk", |e| {
+        matches!(e, OvfError::MissingFile { .. })
+    });
 }
 
 #[test]

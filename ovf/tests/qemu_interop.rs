@@ -54,9 +54,16 @@ fn qemu_img_reads_the_ova_disk() {
     std::fs::write(&ovf, &members[0].1).unwrap();
     let schema = std::env::var_os("VDISK_CORPUS")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"))
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+        })
         .join("ovf/schema/dsp8023.xsd");
-    match Command::new("xmllint").args(["--nonet", "--noout", "--schema"]).arg(&schema).arg(&ovf).output() {
+    match Command::new("xmllint")
+        .args(["--nonet", "--noout", "--schema"])
+        .arg(&schema)
+        .arg(&ovf)
+        .output()
+    {
         Ok(o) => assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr)),
         Err(_) => eprintln!("!!!!! xmllint not installed: schema check SKIPPED"),
     }
@@ -64,17 +71,36 @@ fn qemu_img_reads_the_ova_disk() {
     std::fs::write(&vmdk, &members[2].1).unwrap();
     let raw = dir.path().join("src.raw");
     std::fs::write(&raw, &disk.0).unwrap();
-    let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&vmdk).output().unwrap();
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&vmdk)
+        .output()
+        .unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("\"streamOptimized\""), "{info}");
-    assert!(info.contains(&format!("\"virtual-size\": {}", disk.0.len())), "{info}");
+    assert!(
+        info.contains(&format!("\"virtual-size\": {}", disk.0.len())),
+        "{info}"
+    );
     let cmp = Command::new("qemu-img")
         .args(["compare", "-f", "raw", "-F", "vmdk"])
         .arg(&raw)
         .arg(&vmdk)
         .output()
         .unwrap();
-    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stdout));
-    let check = Command::new("qemu-img").args(["check", "-f", "vmdk"]).arg(&vmdk).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "vmdk"])
+        .arg(&vmdk)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }

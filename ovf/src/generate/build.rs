@@ -8,8 +8,7 @@ use crate::error::{OvfError, Result};
 use crate::href::check_relative;
 use crate::model::{
     Content, Dialect, Envelope, FileRef, HardwareItem, ItemClass, Network, OperatingSystem,
-    Product, Property, Sections, SystemSettings, Text, VirtualDisk, VirtualHardware,
-    VirtualSystem,
+    Product, Property, Sections, SystemSettings, Text, VirtualDisk, VirtualHardware, VirtualSystem,
 };
 
 /// Format URI of a streamOptimized VMDK, as ovftool writes it.
@@ -53,7 +52,13 @@ pub struct DiskFacts {
 pub fn id_from_name(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let s = s.trim_matches('_').to_owned();
     if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') {
@@ -66,9 +71,22 @@ pub fn id_from_name(name: &str) -> String {
 fn os_id(os: &str) -> &'static str {
     let l = os.to_ascii_lowercase();
     if l.contains("ubuntu") {
-        if l.contains("64") { "94" } else { "93" }
-    } else if l.contains("linux") || l.contains("debian") || l.contains("fedora") || l.contains("centos") || l.contains("rhel") {
-        if l.contains("64") { "101" } else { "36" }
+        if l.contains("64") {
+            "94"
+        } else {
+            "93"
+        }
+    } else if l.contains("linux")
+        || l.contains("debian")
+        || l.contains("fedora")
+        || l.contains("centos")
+        || l.contains("rhel")
+    {
+        if l.contains("64") {
+            "101"
+        } else {
+            "36"
+        }
     } else {
         "1"
     }
@@ -112,7 +130,11 @@ pub fn controller_for(bus: DiskBus) -> (u32, Option<&'static str>, &'static str)
 
 /// Builds the envelope for `cfg` whose disks are described by `disks` (one per
 /// `cfg.disks` entry, same order).
-pub fn build_envelope(cfg: &VmConfig, disks: &[DiskFacts], version: OvfVersion) -> Result<Envelope> {
+pub fn build_envelope(
+    cfg: &VmConfig,
+    disks: &[DiskFacts],
+    version: OvfVersion,
+) -> Result<Envelope> {
     cfg.validate().map_err(|source| OvfError::Config {
         context: format!("VM {:?}", cfg.name),
         source,
@@ -168,13 +190,23 @@ pub fn build_envelope(cfg: &VmConfig, disks: &[DiskFacts], version: OvfVersion) 
 
     let mut items = Vec::new();
     let mut next_id = 1usize;
-    let mut cpu = item(ItemClass::Resource, next_id, 3, format!("{} virtual CPU(s)", cfg.vcpus));
+    let mut cpu = item(
+        ItemClass::Resource,
+        next_id,
+        3,
+        format!("{} virtual CPU(s)", cfg.vcpus),
+    );
     cpu.description = Some("Number of Virtual CPUs".into());
     cpu.allocation_units = Some("hertz * 10^6".into());
     cpu.virtual_quantity = Some(u64::from(cfg.vcpus));
     items.push(cpu);
     next_id += 1;
-    let mut mem = item(ItemClass::Resource, next_id, 4, format!("{}MB of memory", cfg.memory_mib));
+    let mut mem = item(
+        ItemClass::Resource,
+        next_id,
+        4,
+        format!("{}MB of memory", cfg.memory_mib),
+    );
     mem.description = Some("Memory Size".into());
     mem.allocation_units = Some("byte * 2^20".into());
     mem.virtual_quantity = Some(cfg.memory_mib);
@@ -186,7 +218,10 @@ pub fn build_envelope(cfg: &VmConfig, disks: &[DiskFacts], version: OvfVersion) 
     for d in &cfg.disks {
         if !controllers.iter().any(|(b, _, _)| *b == d.bus) {
             let (rt, sub, desc) = controller_for(d.bus);
-            let nth = controllers.iter().filter(|(b, _, _)| controller_for(*b).0 == rt).count();
+            let nth = controllers
+                .iter()
+                .filter(|(b, _, _)| controller_for(*b).0 == rt)
+                .count();
             let mut c = item(ItemClass::Resource, next_id, rt, format!("{desc} {nth}"));
             c.description = Some(desc.into());
             c.resource_sub_type = sub.map(str::to_owned);
@@ -198,7 +233,11 @@ pub fn build_envelope(cfg: &VmConfig, disks: &[DiskFacts], version: OvfVersion) 
     }
     let mut nic_items = Vec::new();
     for (i, nic) in cfg.nics.iter().enumerate() {
-        let class = if v2 { ItemClass::EthernetPort } else { ItemClass::Resource };
+        let class = if v2 {
+            ItemClass::EthernetPort
+        } else {
+            ItemClass::Resource
+        };
         let mut it = item(class, next_id, 10, format!("Ethernet {}", i + 1));
         it.description = Some(format!("Network adapter on {:?}", nic.network));
         it.resource_sub_type = Some(
@@ -218,7 +257,11 @@ pub fn build_envelope(cfg: &VmConfig, disks: &[DiskFacts], version: OvfVersion) 
     }
     let mut disk_items = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
-        let class = if v2 { ItemClass::Storage } else { ItemClass::Resource };
+        let class = if v2 {
+            ItemClass::Storage
+        } else {
+            ItemClass::Resource
+        };
         let mut it = item(class, next_id, 17, format!("Hard Disk {}", i + 1));
         it.host_resources.push(format!("ovf:/disk/vmdisk{}", i + 1));
         if let Some((_, cid, unit)) = controllers.iter_mut().find(|(b, _, _)| *b == d.bus) {

@@ -5,8 +5,8 @@ mod build;
 mod write;
 
 pub use build::{
-    build_envelope, controller_for, id_from_name, DiskFacts, OvfVersion, ANNOTATION_KEY, ANNOTATION_PRODUCT_CLASS,
-    STREAM_OPTIMIZED_URI, SYSTEM_TYPE,
+    build_envelope, controller_for, id_from_name, DiskFacts, OvfVersion, ANNOTATION_KEY,
+    ANNOTATION_PRODUCT_CLASS, STREAM_OPTIMIZED_URI, SYSTEM_TYPE,
 };
 pub use write::write_descriptor;
 

@@ -63,8 +63,15 @@ pub fn write_descriptor(env: &Envelope) -> Result<String> {
         w.leaf("Info", &[], "Virtual disk information");
         for d in &env.disks {
             let populated = d.populated_size.map(|s| s.to_string());
-            let mut a = vec![("ovf:diskId", d.disk_id.as_str()), ("ovf:capacity", d.capacity.as_str())];
-            opt(&mut a, "ovf:capacityAllocationUnits", d.capacity_units.as_deref());
+            let mut a = vec![
+                ("ovf:diskId", d.disk_id.as_str()),
+                ("ovf:capacity", d.capacity.as_str()),
+            ];
+            opt(
+                &mut a,
+                "ovf:capacityAllocationUnits",
+                d.capacity_units.as_deref(),
+            );
             opt(&mut a, "ovf:fileRef", d.file_ref.as_deref());
             opt(&mut a, "ovf:format", d.format.as_deref());
             opt(&mut a, "ovf:populatedSize", populated.as_deref());
@@ -124,7 +131,13 @@ pub fn write_descriptor(env: &Envelope) -> Result<String> {
 fn write_content(w: &mut XmlWriter, content: &Content, dialect: Dialect) {
     let (tag, id, info, name, sections) = match content {
         Content::System(s) => ("VirtualSystem", &s.id, &s.info, &s.name, &s.sections),
-        Content::Collection(c) => ("VirtualSystemCollection", &c.id, &c.info, &c.name, &c.sections),
+        Content::Collection(c) => (
+            "VirtualSystemCollection",
+            &c.id,
+            &c.info,
+            &c.name,
+            &c.sections,
+        ),
     };
     w.start(tag, &[("ovf:id", id.as_str())]);
     w.leaf("Info", &[], info.as_deref().unwrap_or(""));
@@ -141,7 +154,10 @@ fn write_content(w: &mut XmlWriter, content: &Content, dialect: Dialect) {
 }
 
 fn text_attrs(t: &Text) -> Vec<(&str, &str)> {
-    t.msgid.as_deref().map(|m| vec![("ovf:msgid", m)]).unwrap_or_default()
+    t.msgid
+        .as_deref()
+        .map(|m| vec![("ovf:msgid", m)])
+        .unwrap_or_default()
 }
 
 fn write_sections(w: &mut XmlWriter, s: &Sections, dialect: Dialect) {
@@ -196,8 +212,9 @@ fn write_sections(w: &mut XmlWriter, s: &Sections, dialect: Dialect) {
             if prop.password {
                 a.push(("ovf:password", "true"));
             }
-            let has_children =
-                prop.label.is_some() || prop.description.is_some() || !prop.configuration_values.is_empty();
+            let has_children = prop.label.is_some()
+                || prop.description.is_some()
+                || !prop.configuration_values.is_empty();
             if !has_children {
                 w.empty("Property", &a);
                 continue;
@@ -210,7 +227,10 @@ fn write_sections(w: &mut XmlWriter, s: &Sections, dialect: Dialect) {
                 w.leaf("Description", &[], d);
             }
             for (c, v) in &prop.configuration_values {
-                w.empty("Value", &[("ovf:value", v.as_str()), ("ovf:configuration", c.as_str())]);
+                w.empty(
+                    "Value",
+                    &[("ovf:value", v.as_str()), ("ovf:configuration", c.as_str())],
+                );
             }
             w.end();
         }
@@ -233,8 +253,18 @@ fn write_hardware(w: &mut XmlWriter, hw: &VirtualHardware, dialect: Dialect) {
     if let Some(sys) = &hw.system {
         w.start("System", &[]);
         // VSSD properties in the schema's (alphabetical) order.
-        w.leaf("vssd:ElementName", &[], sys.element_name.as_deref().unwrap_or("Virtual Hardware Family"));
-        w.leaf("vssd:InstanceID", &[], sys.instance_id.as_deref().unwrap_or("0"));
+        w.leaf(
+            "vssd:ElementName",
+            &[],
+            sys.element_name
+                .as_deref()
+                .unwrap_or("Virtual Hardware Family"),
+        );
+        w.leaf(
+            "vssd:InstanceID",
+            &[],
+            sys.instance_id.as_deref().unwrap_or("0"),
+        );
         if let Some(i) = &sys.identifier {
             w.leaf("vssd:VirtualSystemIdentifier", &[], i);
         }
@@ -247,10 +277,16 @@ fn write_hardware(w: &mut XmlWriter, hw: &VirtualHardware, dialect: Dialect) {
         write_item(w, item, dialect);
     }
     for (k, v) in &hw.vmw_config {
-        w.empty("vmw:Config", &[("ovf:required", "false"), ("vmw:key", k), ("vmw:value", v)]);
+        w.empty(
+            "vmw:Config",
+            &[("ovf:required", "false"), ("vmw:key", k), ("vmw:value", v)],
+        );
     }
     for (k, v) in &hw.vmw_extra_config {
-        w.empty("vmw:ExtraConfig", &[("ovf:required", "false"), ("vmw:key", k), ("vmw:value", v)]);
+        w.empty(
+            "vmw:ExtraConfig",
+            &[("ovf:required", "false"), ("vmw:key", k), ("vmw:value", v)],
+        );
     }
     w.end();
 }
@@ -281,13 +317,19 @@ fn write_item(w: &mut XmlWriter, item: &HardwareItem, dialect: Dialect) {
     push("Address", item.address.clone());
     push("AddressOnParent", item.address_on_parent.clone());
     push("AllocationUnits", item.allocation_units.clone());
-    push("AutomaticAllocation", item.automatic_allocation.map(|b| b.to_string()));
+    push(
+        "AutomaticAllocation",
+        item.automatic_allocation.map(|b| b.to_string()),
+    );
     push("Caption", item.caption.clone());
     for c in &item.connections {
         push("Connection", Some(c.clone()));
     }
     push("Description", item.description.clone());
-    push("ElementName", Some(item.element_name.clone().unwrap_or_default()));
+    push(
+        "ElementName",
+        Some(item.element_name.clone().unwrap_or_default()),
+    );
     for h in &item.host_resources {
         push("HostResource", Some(h.clone()));
     }
@@ -295,7 +337,10 @@ fn write_item(w: &mut XmlWriter, item: &HardwareItem, dialect: Dialect) {
     push("Parent", item.parent.clone());
     push("ResourceSubType", item.resource_sub_type.clone());
     push("ResourceType", item.resource_type.map(|t| t.to_string()));
-    push("VirtualQuantity", item.virtual_quantity.map(|q| q.to_string()));
+    push(
+        "VirtualQuantity",
+        item.virtual_quantity.map(|q| q.to_string()),
+    );
     for (k, v) in &item.other {
         push(k, Some(v.clone()));
     }
@@ -304,10 +349,17 @@ fn write_item(w: &mut XmlWriter, item: &HardwareItem, dialect: Dialect) {
         w.leaf(&format!("{prefix}:{k}"), &[], v);
     }
     for (k, v) in &item.vmw_config {
-        w.empty("vmw:Config", &[("ovf:required", "false"), ("vmw:key", k), ("vmw:value", v)]);
+        w.empty(
+            "vmw:Config",
+            &[("ovf:required", "false"), ("vmw:key", k), ("vmw:value", v)],
+        );
     }
     if let Some(b) = item.boot_order {
-        w.leaf("vdisk:BootOrder", &[("ovf:required", "false")], &b.to_string());
+        w.leaf(
+            "vdisk:BootOrder",
+            &[("ovf:required", "false")],
+            &b.to_string(),
+        );
     }
     w.end();
 }

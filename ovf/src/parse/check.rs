@@ -75,12 +75,20 @@ pub(super) fn check_envelope(cx: &mut Ctx, env: &Envelope) -> Result<()> {
             let by_id = file_ids.contains(r.as_str());
             let by_href = cx.dialect == Dialect::Ovirt && hrefs.contains(r.as_str());
             if !by_id && !by_href {
-                return Err(bad_ref(cx, element(), format!("ovf:fileRef {r:?} names no File")));
+                return Err(bad_ref(
+                    cx,
+                    element(),
+                    format!("ovf:fileRef {r:?} names no File"),
+                ));
             }
         }
         if let Some(p) = &d.parent_ref {
             if !disk_ids.contains(p.as_str()) {
-                return Err(bad_ref(cx, element(), format!("ovf:parentRef {p:?} names no Disk")));
+                return Err(bad_ref(
+                    cx,
+                    element(),
+                    format!("ovf:parentRef {p:?} names no Disk"),
+                ));
             }
         }
     }
@@ -120,7 +128,11 @@ pub(super) fn check_envelope(cx: &mut Ctx, env: &Envelope) -> Result<()> {
     for s in &env.strings {
         if let Some(r) = &s.file_ref {
             if !file_ids.contains(r.as_str()) {
-                return Err(bad_ref(cx, "Strings".into(), format!("ovf:fileRef {r:?} names no File")));
+                return Err(bad_ref(
+                    cx,
+                    "Strings".into(),
+                    format!("ovf:fileRef {r:?} names no File"),
+                ));
             }
         }
     }
@@ -138,7 +150,16 @@ pub(super) fn check_envelope(cx: &mut Ctx, env: &Envelope) -> Result<()> {
                 &col.sections
             }
         };
-        check_hardware(cx, env, sections, c.id(), &disk_ids, &file_ids, &nets, &confs)?;
+        check_hardware(
+            cx,
+            env,
+            sections,
+            c.id(),
+            &disk_ids,
+            &file_ids,
+            &nets,
+            &confs,
+        )?;
     }
     Ok(())
 }
@@ -166,14 +187,25 @@ fn check_hardware(
             for hr in &item.host_resources {
                 if let Some(d) = host_resource_disk(hr) {
                     if !disk_ids.contains(d) {
-                        return Err(bad_ref(cx, element(), format!("HostResource {hr:?} names no Disk")));
+                        return Err(bad_ref(
+                            cx,
+                            element(),
+                            format!("HostResource {hr:?} names no Disk"),
+                        ));
                     }
                 } else if let Some(f) = host_resource_file(hr) {
                     if !file_ids.contains(f) {
-                        return Err(bad_ref(cx, element(), format!("HostResource {hr:?} names no File")));
+                        return Err(bad_ref(
+                            cx,
+                            element(),
+                            format!("HostResource {hr:?} names no File"),
+                        ));
                     }
                 } else if cx.dialect == Dialect::Ovirt {
-                    let known = env.disks.iter().any(|d| d.file_ref.as_deref() == Some(hr.as_str()))
+                    let known = env
+                        .disks
+                        .iter()
+                        .any(|d| d.file_ref.as_deref() == Some(hr.as_str()))
                         || env.files.iter().any(|f| &f.href == hr);
                     if !known && !hr.is_empty() {
                         cx.warn(format!("{}: HostResource {hr:?} names no disk", element()));
@@ -184,17 +216,26 @@ fn check_hardware(
             }
             if let Some(p) = &item.parent {
                 if !ids.contains(p.as_str()) && cx.dialect != Dialect::Ovirt {
-                    cx.warn(format!("{}: Parent {p:?} names no item of this section", element()));
+                    cx.warn(format!(
+                        "{}: Parent {p:?} names no item of this section",
+                        element()
+                    ));
                 }
             }
             for n in &item.connections {
                 if item.resource_type == Some(10) && !n.is_empty() && !nets.contains(n.as_str()) {
-                    cx.warn(format!("{}: Connection {n:?} is not in the NetworkSection", element()));
+                    cx.warn(format!(
+                        "{}: Connection {n:?} is not in the NetworkSection",
+                        element()
+                    ));
                 }
             }
             for c in &item.configurations {
                 if !confs.contains(c.as_str()) {
-                    cx.warn(format!("{}: ovf:configuration {c:?} is not a deployment option", element()));
+                    cx.warn(format!(
+                        "{}: ovf:configuration {c:?} is not a deployment option",
+                        element()
+                    ));
                 }
             }
         }

@@ -149,11 +149,9 @@ impl<'a, 'input> Ctx<'a, 'input> {
     pub fn attr_u64(&self, node: Node, local: &str) -> Result<Option<u64>, OvfError> {
         match self.attr(node, local) {
             None => Ok(None),
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| self.invalid_attr(node, local, format!("{v:?} is not an unsigned integer"))),
+            Some(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+                self.invalid_attr(node, local, format!("{v:?} is not an unsigned integer"))
+            }),
         }
     }
 

@@ -41,7 +41,8 @@ pub(super) fn parse_hardware(cx: &mut Ctx, node: Node) -> Result<VirtualHardware
             Some("System") => hw.system = Some(parse_system(cx, child)),
             Some("Item") => hw.items.push(parse_item(cx, child, ItemClass::Resource)?),
             Some("EthernetPortItem") => {
-                hw.items.push(parse_item(cx, child, ItemClass::EthernetPort)?)
+                hw.items
+                    .push(parse_item(cx, child, ItemClass::EthernetPort)?)
             }
             Some("StorageItem") => hw.items.push(parse_item(cx, child, ItemClass::Storage)?),
             _ => check_extension(cx, child, "VirtualHardwareSection")?,
@@ -135,9 +136,10 @@ fn parse_item(cx: &mut Ctx, node: Node, class: ItemClass) -> Result<HardwareItem
                 have_id = true;
             }
             "ResourceType" => {
-                item.resource_type = Some(t.parse().map_err(|_| {
-                    cx.invalid(c, format!("ResourceType {t:?} is not a number"))
-                })?)
+                item.resource_type =
+                    Some(t.parse().map_err(|_| {
+                        cx.invalid(c, format!("ResourceType {t:?} is not a number"))
+                    })?)
             }
             "ResourceSubType" => item.resource_sub_type = Some(t),
             "ElementName" => item.element_name = Some(t),

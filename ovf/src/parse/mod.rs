@@ -76,7 +76,9 @@ pub fn parse_descriptor(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
         Some(other) => {
             return Err(OvfError::NotOvf {
                 file: file.to_owned(),
-                detail: format!("<Envelope> is in namespace {other:?}, not an OVF envelope namespace"),
+                detail: format!(
+                    "<Envelope> is in namespace {other:?}, not an OVF envelope namespace"
+                ),
             })
         }
         None => {
@@ -134,11 +136,12 @@ fn parse_envelope(cx: &mut Ctx, root: Node) -> Result<Envelope> {
     // verbatim, like any other envelope-level section.
     other_sections.append(&mut env_sections.other);
     let Some(content) = content else {
-        let detail = if !saw_references && disks.is_empty() && root.children().all(|c| !c.is_element()) {
-            "empty envelope: no References, no VirtualSystem or VirtualSystemCollection"
-        } else {
-            "the envelope has no VirtualSystem or VirtualSystemCollection"
-        };
+        let detail =
+            if !saw_references && disks.is_empty() && root.children().all(|c| !c.is_element()) {
+                "empty envelope: no References, no VirtualSystem or VirtualSystemCollection"
+            } else {
+                "the envelope has no VirtualSystem or VirtualSystemCollection"
+            };
         return Err(cx.invalid(root, detail));
     };
     if !saw_references {
@@ -174,7 +177,11 @@ fn parse_content(cx: &mut Ctx, node: Node, depth: usize) -> Result<Content> {
     };
     let location = format!(
         "{} {id:?}",
-        if is_collection { "VirtualSystemCollection" } else { "VirtualSystem" }
+        if is_collection {
+            "VirtualSystemCollection"
+        } else {
+            "VirtualSystem"
+        }
     );
     let mut info = None;
     let mut name = None;

@@ -34,7 +34,8 @@ const STANDARD_UNINTERPRETED: &[&str] = &[
 ];
 
 /// Standard sections whose meaning a consumer that ignores them would get wrong.
-const SEMANTIC_UNINTERPRETED: &[&str] = &["InstallSection", "EncryptionSection", "BootDeviceSection"];
+const SEMANTIC_UNINTERPRETED: &[&str] =
+    &["InstallSection", "EncryptionSection", "BootDeviceSection"];
 
 fn elements<'a, 'input>(node: Node<'a, 'input>) -> impl Iterator<Item = Node<'a, 'input>> {
     node.children().filter(Node::is_element)
@@ -306,7 +307,9 @@ pub(super) fn parse_section(
             if cx.dialect == Dialect::Ovirt {
                 // oVirt never writes ovf:required and its own sections (Snapshots,
                 // AffinityGroups, ...) carry nothing a consumer must act on.
-                cx.warn(format!("{location}: oVirt section {n} kept but not interpreted"));
+                cx.warn(format!(
+                    "{location}: oVirt section {n} kept but not interpreted"
+                ));
             } else if cx.required(node) {
                 return Err(OvfError::RequiredSection {
                     file: cx.file.to_owned(),

@@ -32,10 +32,18 @@ impl BlockSource for MemDisk {
         while at < end {
             let next = ((at / BLK + 1) * BLK).min(end);
             let zero = self.0[at as usize..next as usize].iter().all(|b| *b == 0);
-            let kind = if zero { Allocation::Zero } else { Allocation::Data };
+            let kind = if zero {
+                Allocation::Zero
+            } else {
+                Allocation::Data
+            };
             match out.last_mut() {
                 Some(l) if l.kind == kind => l.length += next - at,
-                _ => out.push(Extent { offset: at, length: next - at, kind }),
+                _ => out.push(Extent {
+                    offset: at,
+                    length: next - at,
+                    kind,
+                }),
             }
             at = next;
         }
@@ -46,7 +54,9 @@ impl BlockSource for MemDisk {
 /// A disk of `size` bytes with pseudo-random data in a few places.
 pub fn patterned_disk(size: usize, seed: u64) -> MemDisk {
     let mut v = vec![0u8; size];
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     for region in [0usize, size / 3, size - 70_000] {
         for b in v.iter_mut().skip(region).take(70_000) {
             x ^= x << 13;
