@@ -147,6 +147,7 @@ fn check_layer(
         Ok(x) => x,
         Err(e) => return r.from_error(name, e),
     };
+    note_slots(&obj, &h, name, r);
     if h.layer_id != rec.id {
         r.problem(
             name,
@@ -292,6 +293,40 @@ fn check_layer(
                 }
             }
             Err(e) => r.from_error(name, e),
+        }
+    }
+}
+
+/// Note a header slot that is damaged or out of date while its twin is used.
+fn note_slots(
+    obj: &Arc<dyn Object>,
+    current: &crate::format::LayerHeader,
+    name: &str,
+    r: &mut CheckReport,
+) {
+    use crate::format::header::{LayerHeader, SLOT_SIZE};
+    let Ok(len) = obj.len() else { return };
+    for (i, label) in [(0usize, "A"), (1, "B")] {
+        let mut b = vec![0u8; SLOT_SIZE];
+        if obj.read_exact_at(&mut b, (i * SLOT_SIZE) as u64).is_err() || b.iter().all(|&x| x == 0) {
+            continue;
+        }
+        match LayerHeader::decode(&b, &format!("header slot {label}"), len) {
+            Ok(h) if h == *current => {}
+            Ok(h) => {
+                let mut a = h.clone();
+                a.generation = current.generation;
+                if a != *current {
+                    r.notes.push(format!(
+                        "{name}: header slot {label} (generation {}) is out of date; generation {} is used (an interrupted header update)",
+                        h.generation, current.generation
+                    ));
+                }
+            }
+            Err(e) => r.notes.push(format!(
+                "{name}: header slot {label} is damaged ({}: {}); its twin is used",
+                e.field, e.reason
+            )),
         }
     }
 }

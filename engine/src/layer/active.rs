@@ -4,7 +4,7 @@
 use super::data::{check_entry_bounds, encode_externs, open_externs, read_externs, read_map};
 use super::{check_header_identity, hash_entries, read_entry_data, read_header, LayerData};
 use crate::error::{Error, Result};
-use crate::format::header::{LayerHeader, SLOT_SIZE};
+use crate::format::header::{LayerHeader, Region, SLOT_SIZE};
 use crate::format::journal::{self, MAX_ENTRIES, MAX_JOURNAL_LEN};
 use crate::format::manifest::{journal_name, LayerRecord};
 use crate::format::map::{encode_map, MapEntry};
@@ -43,7 +43,8 @@ pub struct ActiveLayer {
     extern_names: Vec<String>,
     header: LayerHeader,
     current_slot: usize,
-    other: Option<LayerHeader>,
+    /// A map region no header slot names (reusable by the next checkpoint).
+    free_map: Option<Region>,
     map: FxHashMap<u64, MapEntry>,
     /// Entries per run of [`CHUNK_CLUSTERS`] clusters, so scans skip empty runs.
     chunk_counts: Vec<u32>,
@@ -101,7 +102,7 @@ impl ActiveLayer {
             extern_names: Vec::new(),
             header,
             current_slot: 0,
-            other: None,
+            free_map: None,
             map: FxHashMap::default(),
             chunk_counts: vec![0; geometry.cluster_count().div_ceil(CHUNK_CLUSTERS) as usize],
             dirty: FxHashSet::default(),
@@ -129,7 +130,7 @@ impl ActiveLayer {
                 Error::io(&name, "open", e)
             }
         })?;
-        let (header, current_slot, other, len) = read_header(&obj)?;
+        let (header, current_slot, _, len) = read_header(&obj)?;
         check_header_identity(&name, &header, &geometry, record.id)?;
         let extern_names = read_externs(&obj, &header)?;
         let mut files = vec![obj.clone()];
@@ -211,7 +212,7 @@ impl ActiveLayer {
             extern_names,
             header,
             current_slot,
-            other,
+            free_map: None,
             map,
             chunk_counts,
             dirty: FxHashSet::default(),
@@ -511,13 +512,9 @@ impl ActiveLayer {
         h.map_crc32 = crc32fast::hash(&map_bytes);
         h.map_offset = 0;
         if !map_bytes.is_empty() {
-            // Reuse the map region of the slot about to be overwritten when it is big enough:
-            // nothing the current slot names lives there.
-            let reuse = self.other.as_ref().map(|o| o.map_region()).filter(|r| {
-                r.offset != 0
-                    && r.len >= map_bytes.len() as u64
-                    && r.offset != self.header.map_offset
-            });
+            // Reuse the region of the map before the current one when it is big enough:
+            // neither header slot names it.
+            let reuse = self.free_map.filter(|r| r.len >= map_bytes.len() as u64);
             h.map_offset = match reuse {
                 Some(r) => r.offset,
                 None => self.alloc_meta(map_bytes.len() as u64),
@@ -556,13 +553,24 @@ impl ActiveLayer {
             }
         }
         self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
+        // Write the new header into the slot that is not current, then a copy (generation + 1)
+        // into the other one: a torn write of either leaves a valid slot naming a consistent
+        // state, and damage to one slot later is survived by its twin.
         let slot = 1 - self.current_slot;
         self.obj
             .write_all_at(&h.encode(), (slot * SLOT_SIZE) as u64)
             .map_err(io_err(&self.obj, "write header"))?;
         self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
-        self.other = Some(std::mem::replace(&mut self.header, h));
-        self.current_slot = slot;
+        let mut twin = h.clone();
+        twin.generation += 1;
+        self.obj
+            .write_all_at(&twin.encode(), (self.current_slot * SLOT_SIZE) as u64)
+            .map_err(io_err(&self.obj, "write header"))?;
+        self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
+        let old = std::mem::replace(&mut self.header, twin);
+        // The previous map region is named by neither slot now: free for the next checkpoint.
+        self.free_map =
+            Some(old.map_region()).filter(|r| r.len > 0 && r.offset != self.header.map_offset);
         self.journal
             .set_len(0)
             .map_err(io_err(&self.journal, "truncate"))?;

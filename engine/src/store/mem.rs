@@ -134,11 +134,15 @@ impl MemStore {
                             0 => {} // lost
                             1 => apply_write(&mut state, *off, data),
                             _ => {
-                                // torn: each sector independently
-                                for (i, sector) in data.chunks(512).enumerate() {
+                                // torn: each 512-byte sector of the object independently
+                                let mut pos = 0usize;
+                                while pos < data.len() {
+                                    let at = off + pos as u64;
+                                    let n = ((512 - at % 512) as usize).min(data.len() - pos);
                                     if rng.chance(1, 2) {
-                                        apply_write(&mut state, off + (i as u64) * 512, sector);
+                                        apply_write(&mut state, at, &data[pos..pos + n]);
                                     }
+                                    pos += n;
                                 }
                             }
                         }
