@@ -217,7 +217,9 @@ fn read_reply(export: &dyn Export, mode: ReplyMode, req: &Request) -> Vec<u8> {
         Vec::new()
     };
     let segments = read_segments(&extents, offset, len);
-    let mut out = Vec::with_capacity(data_len + 28 * segments.len());
+    let data_bytes: u64 = segments.iter().filter(|s| !s.2).map(|s| s.1).sum();
+    let capacity = usize::try_from(data_bytes).unwrap_or(data_len) + 28 * segments.len();
+    let mut out = Vec::with_capacity(capacity);
     let count = segments.len();
     for (i, &(seg_off, seg_len, zero)) in segments.iter().enumerate() {
         let flags = if i + 1 == count { reply::FLAG_DONE } else { 0 };
