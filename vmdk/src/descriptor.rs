@@ -178,7 +178,7 @@ impl Descriptor {
             };
             let key = key.trim();
             let value = unquote(value.trim());
-            if key.len() > 4 && key[..4].eq_ignore_ascii_case("ddb.") {
+            if key.len() > 4 && key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("ddb.")) {
                 d.ddb.insert(key.to_string(), value.to_string());
                 continue;
             }
