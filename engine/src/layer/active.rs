@@ -494,8 +494,8 @@ impl ActiveLayer {
 
     /// Write the whole map and a new header slot; `seal` carries the hash table when sealing.
     fn checkpoint(&mut self, seal: Option<(&[MapEntry], &[[u8; 32]])>) -> Result<()> {
-        self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
-        self.unsynced = false;
+        // Data written so far and the new map, hash and extern regions are made durable by
+        // one sync before the header names them.
         let owned_entries;
         let entries: &[MapEntry] = match seal {
             Some((e, _)) => e,
@@ -553,6 +553,7 @@ impl ActiveLayer {
             }
         }
         self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
+        self.unsynced = false;
         // Write the new header into the slot that is not current, then a copy (generation + 1)
         // into the other one: a torn write of either leaves a valid slot naming a consistent
         // state, and damage to one slot later is survived by its twin.
@@ -571,6 +572,13 @@ impl ActiveLayer {
         // The previous map region is named by neither slot now: free for the next checkpoint.
         self.free_map =
             Some(old.map_region()).filter(|r| r.len > 0 && r.offset != self.header.map_offset);
+        self.journal_seq = 0;
+        if self.header.sealed {
+            // The journal of a sealed layer is removed once the manifest names it sealed; its
+            // records are of an older epoch already.
+            self.journal_len = 0;
+            return Ok(());
+        }
         self.journal
             .set_len(0)
             .map_err(io_err(&self.journal, "truncate"))?;
