@@ -187,8 +187,11 @@ pub(crate) fn update_manifest<T>(
         .lock_maintenance()
         .map_err(|e| Error::io(format!("{loc}/maint.lock"), "lock", e))?;
     let mut m = read_manifest(store)?;
+    let before = m.live_objects();
     let t = f(&mut m)?;
-    let garbage = collect_garbage(&mut m);
+    collect_garbage(&mut m);
+    let after = m.live_objects();
+    let garbage: Vec<&String> = before.difference(&after).collect();
     m.generation += 1;
     m.validate()
         .map_err(|e| e.in_object(&format!("{loc}/manifest (new)")))?;
@@ -197,7 +200,7 @@ pub(crate) fn update_manifest<T>(
         .map_err(|e| Error::io(format!("{loc}/manifest"), "replace", e))?;
     for g in garbage {
         // Best effort: a leftover is garbage that the next writer open removes.
-        let _ = store.remove_object(&g);
+        let _ = store.remove_object(g);
     }
     Ok((m, t))
 }
