@@ -136,13 +136,15 @@ pub(crate) fn decode_descriptor(file: &str, bytes: &[u8]) -> Result<String> {
                         ),
                     ));
                 }
-                Some(_) => return Err(enc_err(
-                    file,
-                    format!(
+                Some(_) => {
+                    return Err(enc_err(
+                        file,
+                        format!(
                         "encoding {:?} is not supported (UTF-8, UTF-16, US-ASCII, ISO-8859-1 are)",
                         declared.unwrap_or_default()
                     ),
-                )),
+                    ))
+                }
             }
             String::from_utf8(body.to_vec()).map_err(|e| {
                 enc_err(

@@ -259,7 +259,10 @@ pub fn export(
                 file_name: name.clone(),
                 file_size: *size,
                 // The VMDK's virtual size is the source's rounded up to a sector.
-                capacity: d.capacity.checked_next_multiple_of(512).unwrap_or(d.capacity),
+                capacity: d
+                    .capacity
+                    .checked_next_multiple_of(512)
+                    .unwrap_or(d.capacity),
                 populated_size: populated(d.source),
             })
             .collect()

@@ -104,3 +104,55 @@ fn qemu_img_reads_the_ova_disk() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+#[test]
+fn import_of_a_qemu_img_made_ova() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = patterned_disk(4 << 20, 77);
+    let raw = dir.path().join("src.raw");
+    std::fs::write(&raw, &disk.0).unwrap();
+    let vmdk = dir.path().join("d.vmdk");
+    let st = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+        ])
+        .arg(&raw)
+        .arg(&vmdk)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let vmdk_bytes = std::fs::read(&vmdk).unwrap();
+    let desc = format!(
+        r#"<?xml version="1.0"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+<References><File ovf:id="f1" ovf:href="d.vmdk" ovf:size="{}"/></References>
+<DiskSection><Info>d</Info><Disk ovf:diskId="d1" ovf:fileRef="f1" ovf:capacity="4" ovf:capacityAllocationUnits="byte * 2^20" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/></DiskSection>
+<VirtualSystem ovf:id="vm"><Info>x</Info><VirtualHardwareSection><Info>h</Info>
+<Item><rasd:ElementName>d</rasd:ElementName><rasd:HostResource>ovf:/disk/d1</rasd:HostResource><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>
+</VirtualHardwareSection></VirtualSystem></Envelope>"#,
+        vmdk_bytes.len()
+    );
+    let mf = common::sha256_manifest(&[("q.ovf", desc.as_bytes()), ("d.vmdk", &vmdk_bytes)]);
+    let ova = dir.path().join("q.ova");
+    common::write_tar(
+        &ova,
+        &[
+            ("q.ovf", desc.as_bytes()),
+            ("q.mf", mf.as_bytes()),
+            ("d.vmdk", &vmdk_bytes),
+        ],
+    );
+    let v = vdisk_ovf::import_verify(&ova).unwrap();
+    assert_eq!(v.disks().len(), 1);
+    assert_eq!(v.disks()[0].capacity, 4 << 20);
+    assert_eq!(common::read_all(v.disks()[0].source.as_ref()), disk.0);
+}
