@@ -54,7 +54,7 @@ impl Default for MountOptions {
             read_write: false,
             allow_other: false,
             threads: 4,
-            max_readahead: 1 << 20,
+            max_readahead: 128 << 10,
             max_write: 1 << 20,
             handle_signals: false,
             fs_name: "vdisk".into(),

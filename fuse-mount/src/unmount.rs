@@ -57,14 +57,11 @@ fn unescape(field: &str) -> Vec<u8> {
 /// The filesystem type mounted at `mountpoint` (the last such mount), from mountinfo text.
 pub(crate) fn fstype_at(mountinfo: &str, mountpoint: &Path) -> Option<String> {
     let want = mountpoint.as_os_str().as_bytes();
-    mountinfo
-        .lines()
-        .rev()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mp = left.split(' ').nth(4)?;
-            (unescape(mp) == want).then(|| right.split(' ').next().unwrap_or("").to_string())
-        })
+    mountinfo.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mp = left.split(' ').nth(4)?;
+        (unescape(mp) == want).then(|| right.split(' ').next().unwrap_or("").to_string())
+    })
 }
 
 fn cstring(path: &Path) -> Result<CString, FuseError> {
