@@ -297,6 +297,34 @@ pub(crate) mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any set of disjoint partitions written as a GPT reads back exactly.
+        #[test]
+        fn gpt_round_trip(gaps in proptest::collection::vec((0u64..50, 1u64..200), 0..20), bs4k in proptest::bool::ANY) {
+            let bs = if bs4k { 4096 } else { 512 };
+            let blocks = 8192u64;
+            let mut parts = Vec::new();
+            let mut next = 40u64;
+            for (gap, len) in gaps {
+                let first = next + gap;
+                let last = first + len - 1;
+                if last >= blocks - 40 {
+                    break;
+                }
+                parts.push((first, last));
+                next = last + 1;
+            }
+            let t = read_partition_table(&Bytes(gpt_disk(bs, blocks, &parts))).unwrap();
+            let b = bs as u64;
+            let want: Vec<_> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, (f, l))| Partition { number: i as u32 + 1, start: f * b, length: (l - f + 1) * b })
+                .collect();
+            proptest::prop_assert_eq!(t.partitions, want);
+        }
+    }
+
     #[test]
     fn bounds_entry_count() {
         let mut d = gpt_disk(512, 2048, &[(40, 99)]);

@@ -211,6 +211,43 @@ pub fn read_partition_table(dev: &dyn Device) -> Result<PartitionTable, Partitio
     Ok(PartitionTable { kind, partitions })
 }
 
+/// A read-only device over a byte slice: the partition table of an in-memory disk image.
+struct SliceDevice<'a>(&'a [u8]);
+
+impl Device for SliceDevice<'_> {
+    fn size(&self) -> u64 {
+        u64::try_from(self.0.len()).unwrap_or(u64::MAX)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start =
+            usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::ErrorKind::PermissionDenied.into())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<crate::source::Extent>> {
+        Ok(vec![crate::source::Extent {
+            offset,
+            length: len,
+            data: true,
+        }])
+    }
+}
+
+/// [`read_partition_table`] of a disk image held in memory (for fuzzing and tools).
+pub fn read_partition_table_from_bytes(disk: &[u8]) -> Result<PartitionTable, PartitionError> {
+    read_partition_table(&SliceDevice(disk))
+}
+
 #[cfg(test)]
 pub(crate) mod testdev {
     //! A byte-vector device for the parser tests.
@@ -277,7 +314,7 @@ mod tests {
             if gpt && bytes.len() >= 1024 {
                 bytes[512..520].copy_from_slice(b"EFI PART");
             }
-            let _ = read_partition_table(&Bytes(bytes));
+            let _ = read_partition_table_from_bytes(&bytes);
         }
     }
 }
