@@ -69,6 +69,8 @@ pub struct SnapshotEntry {
     /// User-visible name; the file is `snapshots/NAME.raw`.
     pub name: String,
     /// Stable identity of the snapshot: keeps its inode number across renames and refreshes.
+    /// Never reused for another snapshot: the kernel keeps a snapshot file's cached pages
+    /// under it.
     pub id: u64,
     /// Creation time, shown as the file's mtime.
     pub created: SystemTime,
