@@ -273,17 +273,42 @@ pub(crate) trait Resolver {
 pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result<()> {
     let g = *r.geometry();
     let sub = g.subcluster_size();
-    let subs_per = u64::from(g.subclusters());
+    let sub_bits = g.subcluster_bits();
+    let per_bits = g.cluster_bits() - sub_bits;
+    let per_mask = (1u64 << per_bits) - 1;
+    // Fast path: the whole request inside one subcluster (every aligned 4 KiB read).
+    let in_sub0 = offset & (sub - 1);
+    if in_sub0 + buf.len() as u64 <= sub {
+        let gsub = offset >> sub_bits;
+        match r.locate(gsub >> per_bits, (gsub & per_mask) as u32) {
+            Loc::Data {
+                layer,
+                file,
+                offset: at,
+            } => {
+                let obj = r.object(layer, file)?;
+                return obj
+                    .read_exact_at(buf, at + in_sub0)
+                    .map_err(|e| Error::io(obj.name(), "read data", e));
+            }
+            Loc::Zero | Loc::Unalloc => {
+                buf.fill(0);
+                return Ok(());
+            }
+            Loc::Compressed { .. } => {}
+        }
+    }
     let mut pos = 0usize;
     // Pending run: (loc of first, buf start, len)
     let mut run: Option<(Loc, usize, usize)> = None;
     let mut decomp: Option<(u32, u16, u64, Vec<u8>)> = None;
     while pos < buf.len() {
         let off = offset + pos as u64;
-        let gsub = off / sub;
-        let c = gsub / subs_per;
-        let s = (gsub % subs_per) as u32;
-        let in_sub = off % sub;
+        // Shifts, not divisions: this loop runs once per subcluster of every read.
+        let gsub = off >> sub_bits;
+        let c = gsub >> per_bits;
+        let s = (gsub & per_mask) as u32;
+        let in_sub = off & (sub - 1);
         let n = ((sub - in_sub) as usize).min(buf.len() - pos);
         let mut loc = r.locate(c, s);
         if let Loc::Data {

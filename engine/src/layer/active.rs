@@ -2,6 +2,7 @@
 //! updates, checkpoints and sealing (format-spec/recovery.md §1–3).
 
 use super::data::{check_entry_bounds, encode_externs, open_externs, read_externs, read_map};
+use super::table::EntryTable;
 use super::{check_header_identity, hash_entries, read_entry_data, read_header, LayerData};
 use crate::error::{Error, Result};
 use crate::format::header::{LayerHeader, Region, SLOT_SIZE};
@@ -11,15 +12,20 @@ use crate::format::map::{encode_map, MapEntry};
 use crate::format::{align_up, Geometry, Id};
 use crate::resolve::{is_zero, Loc};
 use crate::store::{Object, Store};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use std::io;
 use std::sync::Arc;
 
-/// Clusters per run counted in `chunk_counts` (matches the resolved map's chunks).
-pub(crate) const CHUNK_CLUSTERS: u64 = 1024;
-
 /// Journal size that triggers a checkpoint.
 const CHECKPOINT_JOURNAL_BYTES: u64 = 4 << 20;
+
+/// A pending write of whole subclusters taken straight from the caller's buffer.
+#[derive(Default)]
+struct Run {
+    file_off: u64,
+    start: usize,
+    len: usize,
+}
 
 /// What lies below the active layer, as the write path needs it.
 pub(crate) trait Below {
@@ -45,9 +51,7 @@ pub struct ActiveLayer {
     current_slot: usize,
     /// A map region no header slot names (reusable by the next checkpoint).
     free_map: Option<Region>,
-    map: FxHashMap<u64, MapEntry>,
-    /// Entries per run of [`CHUNK_CLUSTERS`] clusters, so scans skip empty runs.
-    chunk_counts: Vec<u32>,
+    map: EntryTable,
     dirty: FxHashSet<u64>,
     unsynced: bool,
     alloc_end: u64,
@@ -103,8 +107,7 @@ impl ActiveLayer {
             header,
             current_slot: 0,
             free_map: None,
-            map: FxHashMap::default(),
-            chunk_counts: vec![0; geometry.cluster_count().div_ceil(CHUNK_CLUSTERS) as usize],
+            map: EntryTable::new(geometry.cluster_count()),
             dirty: FxHashSet::default(),
             unsynced: false,
             alloc_end: geometry.data_start(),
@@ -135,10 +138,10 @@ impl ActiveLayer {
         let extern_names = read_externs(&obj, &header)?;
         let mut files = vec![obj.clone()];
         files.extend(open_externs(store, record, &extern_names, &name)?);
-        let mut map: FxHashMap<u64, MapEntry> = read_map(&obj, &header)?
-            .into_iter()
-            .map(|e| (e.guest_cluster, e))
-            .collect();
+        let mut map = EntryTable::new(geometry.cluster_count());
+        for e in read_map(&obj, &header)? {
+            map.set(e);
+        }
         let jname = journal_name(&name);
         let journal = match store.open_object(&jname, true) {
             Ok(j) => j,
@@ -166,17 +169,13 @@ impl ActiveLayer {
             header.extern_count,
         );
         for e in &replay.entries {
-            if e.is_void() {
-                map.remove(&e.guest_cluster);
-            } else {
-                map.insert(e.guest_cluster, *e);
-            }
+            map.set(*e);
         }
         let mut lens = Vec::with_capacity(files.len());
         for f in &files {
             lens.push(f.len().map_err(|e| Error::io(f.name(), "stat", e))?);
         }
-        for e in map.values() {
+        for e in map.iter() {
             check_entry_bounds(e, &geometry, &lens, &name)?;
         }
         let needs_checkpoint = replay.records > 0 || header.sealed || replay.valid_len < jlen;
@@ -197,11 +196,6 @@ impl ActiveLayer {
                 "{name}: sealed by an interrupted snapshot; unsealed"
             ));
         }
-        let mut chunk_counts =
-            vec![0u32; geometry.cluster_count().div_ceil(CHUNK_CLUSTERS) as usize];
-        for c in map.keys() {
-            chunk_counts[(c / CHUNK_CLUSTERS) as usize] += 1;
-        }
         let mut layer = ActiveLayer {
             id: record.id,
             file_name: name,
@@ -214,7 +208,6 @@ impl ActiveLayer {
             current_slot,
             free_map: None,
             map,
-            chunk_counts,
             dirty: FxHashSet::default(),
             unsynced: false,
             alloc_end: align_up(len, geometry.cluster_size()).max(geometry.data_start()),
@@ -231,15 +224,13 @@ impl ActiveLayer {
     /// The layer's own entry for cluster `c`.
     #[inline]
     pub fn entry(&self, c: u64) -> Option<&MapEntry> {
-        self.map.get(&c)
+        self.map.get(c)
     }
 
-    /// True when no cluster of the [`CHUNK_CLUSTERS`]-run holding `c` has an entry.
+    /// True when no cluster of the 1024-cluster run holding `c` has an entry.
     #[inline]
     pub(crate) fn chunk_empty(&self, c: u64) -> bool {
-        self.chunk_counts
-            .get((c / CHUNK_CLUSTERS) as usize)
-            .is_none_or(|&n| n == 0)
+        self.map.chunk_empty(c)
     }
 
     /// Number of clusters with an entry.
@@ -249,9 +240,7 @@ impl ActiveLayer {
 
     /// The entries, sorted by cluster.
     pub fn sorted_entries(&self) -> Vec<MapEntry> {
-        let mut v: Vec<MapEntry> = self.map.values().copied().collect();
-        v.sort_unstable_by_key(|e| e.guest_cluster);
-        v
+        self.map.iter().copied().collect()
     }
 
     /// Data objects of the layer ([own, externs…]).
@@ -262,7 +251,7 @@ impl ActiveLayer {
     /// Where subcluster `s` of cluster `c` comes from if this layer decides it.
     #[inline]
     pub(crate) fn locate(&self, c: u64, s: u32, layer_index: u32) -> Option<Loc> {
-        let e = self.map.get(&c)?;
+        let e = self.map.get(c)?;
         if e.decided() & (1 << s) == 0 {
             return None;
         }
@@ -281,7 +270,7 @@ impl ActiveLayer {
     pub fn allocated_bytes(&self) -> u64 {
         let sub = self.geometry.subcluster_size();
         self.map
-            .values()
+            .iter()
             .map(|e| u64::from(e.alloc.count_ones()) * sub)
             .sum()
     }
@@ -332,16 +321,17 @@ impl ActiveLayer {
     /// Write guest bytes. The caller has checked the range against the virtual size.
     pub(crate) fn write(&mut self, below: &dyn Below, buf: &[u8], offset: u64) -> Result<()> {
         let cs = self.geometry.cluster_size();
+        let mut run = Run::default();
         let mut pos = 0usize;
         while pos < buf.len() {
             let off = offset + pos as u64;
             let c = off / cs;
             let in_c = off % cs;
             let n = ((cs - in_c) as usize).min(buf.len() - pos);
-            self.write_cluster(below, c, in_c, &buf[pos..pos + n])?;
+            self.write_cluster(below, c, in_c, buf, pos, n, &mut run)?;
             pos += n;
         }
-        Ok(())
+        self.flush_run(&mut run, buf)
     }
 
     /// Make a range read as zeros without storing data where whole subclusters are covered.
@@ -354,62 +344,73 @@ impl ActiveLayer {
             let c = off / cs;
             let in_c = off % cs;
             let n = (cs - in_c).min(len - pos);
-            if self.map.contains_key(&c) || below.decided(c) != 0 {
-                self.write_cluster(below, c, in_c, &zeros[..n as usize])?;
+            if self.map.get(c).is_some() || below.decided(c) != 0 {
+                let mut run = Run::default();
+                self.write_cluster(below, c, in_c, &zeros, 0, n as usize, &mut run)?;
+                self.flush_run(&mut run, &zeros)?;
             }
             pos += n;
         }
         Ok(())
     }
 
-    fn write_cluster(&mut self, below: &dyn Below, c: u64, in_c: u64, data: &[u8]) -> Result<()> {
+    /// Write `data[start..start+len]` at byte `in_c` of cluster `c`. Whole subclusters taken
+    /// straight from `data` join `run`, which coalesces them across clusters into one write.
+    #[allow(clippy::too_many_arguments)]
+    fn write_cluster(
+        &mut self,
+        below: &dyn Below,
+        c: u64,
+        in_c: u64,
+        data: &[u8],
+        start: usize,
+        len: usize,
+        run: &mut Run,
+    ) -> Result<()> {
         let g = self.geometry;
         let sub = g.subcluster_size();
-        let mut e = self.map.get(&c).copied().unwrap_or(MapEntry::empty(c));
+        let orig = self.map.get(c).copied();
+        let mut e = orig.unwrap_or(MapEntry::empty(c));
         if e.alloc != 0 && (e.file_index != 0 || e.compressed_len != 0) {
+            self.flush_run(run, data)?;
             e = self.localize(e)?;
         }
-        let orig = self.map.get(&c).copied();
         let cluster_start = c * g.cluster_size();
         let vend = g.virtual_size() - cluster_start; // end of the disk, relative to the cluster
-        let end = in_c + data.len() as u64;
+        let end = in_c + len as u64;
         let s0 = (in_c / sub) as u32;
         let s1 = ((end - 1) / sub) as u32;
         let below_decided = below.decided(c);
         let mut scratch: Vec<u8> = Vec::new();
-        // Pending coalesced write straight from `data`: (first subcluster, data start, len).
-        let mut run: Option<(u32, usize, usize)> = None;
         for s in s0..=s1 {
             let bit = 1u32 << s;
             let sub_start = u64::from(s) * sub;
             let sub_end = sub_start + sub;
             let w_start = in_c.max(sub_start);
             let w_end = end.min(sub_end);
-            let piece = &data[(w_start - in_c) as usize..(w_end - in_c) as usize];
+            let dstart = start + (w_start - in_c) as usize;
+            let piece = &data[dstart..dstart + (w_end - w_start) as usize];
             let full =
                 w_start == sub_start && (w_end == sub_end || (w_end >= vend && vend < sub_end));
             if !full && e.alloc & bit != 0 {
-                self.flush_run(&mut run, &e, data)?;
+                self.flush_run(run, data)?;
                 self.write_data(piece, e.data_offset + w_start)?;
                 continue;
             }
-            let content: &[u8] = if full && piece.len() as u64 == sub {
-                piece
-            } else {
+            let direct = full && piece.len() as u64 == sub;
+            if !direct {
                 scratch.resize(sub as usize, 0);
-                if full {
-                    scratch.fill(0);
-                } else if e.zero & bit != 0 || e.decided() & bit == 0 && below_decided & bit == 0 {
+                if full || e.zero & bit != 0 || (e.decided() & bit == 0 && below_decided & bit == 0)
+                {
                     scratch.fill(0);
                 } else {
                     below.read_sub(c, s, &mut scratch)?;
                 }
                 let at = (w_start - sub_start) as usize;
                 scratch[at..at + piece.len()].copy_from_slice(piece);
-                &scratch
-            };
+            }
+            let content: &[u8] = if direct { piece } else { &scratch };
             if is_zero(content) {
-                self.flush_run(&mut run, &e, data)?;
                 e.alloc &= !bit;
                 if below_decided & bit != 0 {
                     e.zero |= bit;
@@ -421,42 +422,41 @@ impl ActiveLayer {
             if e.data_offset == 0 {
                 e.data_offset = self.alloc_area();
             }
-            if std::ptr::eq(content.as_ptr(), piece.as_ptr()) {
-                let dstart = (w_start - in_c) as usize;
-                match &mut run {
-                    Some((_, rs, rl)) if *rs + *rl == dstart => *rl += piece.len(),
-                    _ => {
-                        self.flush_run(&mut run, &e, data)?;
-                        run = Some((s, dstart, piece.len()));
-                    }
+            let file_off = e.data_offset + sub_start;
+            if direct {
+                if run.len > 0
+                    && run.file_off + run.len as u64 == file_off
+                    && run.start + run.len == dstart
+                {
+                    run.len += piece.len();
+                } else {
+                    self.flush_run(run, data)?;
+                    *run = Run {
+                        file_off,
+                        start: dstart,
+                        len: piece.len(),
+                    };
                 }
             } else {
-                self.flush_run(&mut run, &e, data)?;
-                let owned = content.to_vec();
-                self.write_data(&owned, e.data_offset + sub_start)?;
+                self.flush_run(run, data)?;
+                let owned = std::mem::take(&mut scratch);
+                self.write_data(&owned, file_off)?;
+                scratch = owned;
             }
             e.alloc |= bit;
             e.zero &= !bit;
         }
-        self.flush_run(&mut run, &e, data)?;
         if orig != Some(e) && !(orig.is_none() && e.is_void()) {
-            if self.map.insert(c, e).is_none() {
-                self.chunk_counts[(c / CHUNK_CLUSTERS) as usize] += 1;
-            }
+            self.map.set(e);
             self.dirty.insert(c);
         }
         Ok(())
     }
 
-    fn flush_run(
-        &mut self,
-        run: &mut Option<(u32, usize, usize)>,
-        e: &MapEntry,
-        data: &[u8],
-    ) -> Result<()> {
-        if let Some((s, start, len)) = run.take() {
-            let at = e.data_offset + u64::from(s) * self.geometry.subcluster_size();
-            self.write_data(&data[start..start + len], at)?;
+    fn flush_run(&mut self, run: &mut Run, data: &[u8]) -> Result<()> {
+        if run.len > 0 {
+            let r = std::mem::take(run);
+            self.write_data(&data[r.start..r.start + r.len], r.file_off)?;
         }
         Ok(())
     }
@@ -472,7 +472,7 @@ impl ActiveLayer {
             clusters.sort_unstable();
             let entries: Vec<MapEntry> = clusters
                 .iter()
-                .map(|c| self.map.get(c).copied().unwrap_or(MapEntry::empty(*c)))
+                .map(|c| self.map.get(*c).copied().unwrap_or(MapEntry::empty(*c)))
                 .collect();
             for chunk in entries.chunks(MAX_ENTRIES) {
                 let rec =

@@ -2,6 +2,7 @@
 
 pub(crate) mod active;
 pub(crate) mod data;
+mod table;
 
 pub use active::ActiveLayer;
 pub(crate) use data::{decompress_cluster, hash_entries};
