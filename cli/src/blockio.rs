@@ -100,30 +100,3 @@ impl Source for VdiskSource {
             .collect())
     }
 }
-
-/// Copy the data ranges of `src` through `write`, in chunks, skipping all-zero chunks.
-/// `progress` gets the bytes done.
-pub fn copy_data(
-    src: &dyn Source,
-    chunk: usize,
-    mut write: impl FnMut(&[u8], u64) -> Result<()>,
-    mut progress: impl FnMut(u64),
-) -> Result<u64> {
-    let mut buf = vec![0u8; chunk];
-    let mut written = 0;
-    for (off, len) in src.data_ranges()? {
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(chunk as u64) as usize;
-            let at = off + done;
-            src.read_at(&mut buf[..n], at)?;
-            if !vdisk_engine::is_zero(&buf[..n]) {
-                write(&buf[..n], at)?;
-                written += n as u64;
-            }
-            done += n as u64;
-            progress(n as u64);
-        }
-    }
-    Ok(written)
-}

@@ -7,6 +7,9 @@ mod cmd;
 mod open;
 mod progress;
 mod size;
+mod transfer;
+mod vmdk_import;
+mod vmdk_io;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,12 +35,15 @@ enum Command {
     /// Create, list, delete, revert, rename, pin snapshots.
     #[command(subcommand)]
     Snapshot(cmd::snapshot::Command),
-    /// Convert between formats (raw, vdisk), sparse-aware.
+    /// Convert between formats (raw, vdisk, vmdk), sparse-aware.
     Convert(cmd::convert::Args),
     /// Verify every structure and checksum of a disk.
     Check(cmd::check::Args),
     /// Show the allocation map (data, zero, unallocated extents), like `qemu-img map`.
     Map(cmd::map::Args),
+    /// OVF/OVA packages: export a bundle or VM folder, import, inspect.
+    #[command(subcommand)]
+    Ovf(cmd::ovf::Command),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +58,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Map(a) => cmd::map::run(a),
+        Command::Ovf(c) => cmd::ovf::run(c),
     };
     match result {
         Ok(code) => code,

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The disk bundle.
+    /// The disk bundle, or a VMDK file.
     pub disk: PathBuf,
     /// Machine-readable output.
     #[arg(long)]
@@ -16,6 +16,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if super::vmdk_info::applies(&a.disk) {
+        return super::vmdk_info::run(&a.disk, a.json);
+    }
     let store = crate::open::store(&a.disk)?;
     let i = vdisk_engine::info::info(store.as_ref())
         .with_context(|| format!("cannot read {}", a.disk.display()))?;

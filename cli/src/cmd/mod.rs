@@ -6,7 +6,9 @@ pub mod create;
 pub mod info;
 pub mod io;
 pub mod map;
+pub mod ovf;
 pub mod snapshot;
+pub mod vmdk_info;
 
 use std::io::Write;
 

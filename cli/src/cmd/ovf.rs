@@ -1,0 +1,434 @@
+//! `vdisk ovf export|import|inspect`: OVF/OVA packages through the ovf crate.
+//!
+//! Export streams each bundle (a [`ViewBlocks`]) as streamOptimized VMDK into the package.
+//! Import verifies the whole package first ([`vdisk_ovf::import_verify_with`]) and creates the
+//! destination only afterwards, so a refused package leaves nothing behind.
+
+use super::print_json;
+use crate::size::human;
+use crate::transfer::{default_threads, nonzero_runs, par_copy, split, CHUNK};
+use crate::vmdk_io::ViewBlocks;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use vdisk_engine::{CreateOptions, View};
+use vdisk_ovf::{
+    export, import_verify_with, inspect_with, ExportDisk, ExportOptions, ExportProgress,
+    ImportOptions, InspectOptions, InspectReport, OvfVersion, VerifiedPackage,
+};
+use vdisk_vmconfig::{VmConfig, CONFIG_FILE_NAME};
+use vdisk_vmdk::{Allocation, BlockSource};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Package a bundle, or a VM folder (vm.json and its bundles), as an OVA (OUT.ova) or an
+    /// unpacked OVF folder form (OUT.ovf with the manifest and disks beside it).
+    Export(ExportArgs),
+    /// Verify a package completely (manifest digests, sizes, structure, certificate), then
+    /// convert its disks into bundles in DESTDIR and write DESTDIR/vm.json.
+    Import(ImportArgs),
+    /// Show what a package holds, what an import would create, and warnings.
+    Inspect(InspectArgs),
+}
+
+/// OVF version of a generated descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// OVF 1.0.
+    #[value(name = "1.0")]
+    V1_0,
+    /// OVF 2.0.
+    #[value(name = "2.0")]
+    V2_0,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// A bundle (one disk), or a VM folder holding vm.json and the bundles it names.
+    pub src: PathBuf,
+    /// The package to write: NAME.ova (tar archive) or NAME.ovf (folder form).
+    pub out: PathBuf,
+    /// VM name in the package (default: the config's name, or the bundle's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// OVF version of the descriptor. 1.0 is the default because every consumer (VMware,
+    /// VirtualBox, oVirt, virt-v2v) reads it and it validates against the published DMTF
+    /// DSP8023 1.x schema; 2.0 (EthernetPortItem/StorageItem devices) is for consumers that
+    /// ask for OVF 2.x.
+    #[arg(long, value_enum, default_value = "1.0")]
+    pub format: FormatArg,
+    /// Package this snapshot of a bundle source instead of its head.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// The package: NAME.ova, or NAME.ovf with its files beside it.
+    pub pkg: PathBuf,
+    /// Folder to create (or an empty one) for vm.json and the disk bundles.
+    pub dest: PathBuf,
+    /// `ovf:id` of the VirtualSystem to import when the package holds several.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Refuse a package without a manifest.
+    #[arg(long)]
+    pub require_manifest: bool,
+    /// Cluster size of the bundles created.
+    #[arg(long, value_parser = crate::size::parse_size, default_value = "64K")]
+    pub cluster_size: u64,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// The package: NAME.ova, NAME.ovf (folder form), or a bare descriptor.
+    pub pkg: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Also hash every file the manifest lists (reads the whole package).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+pub fn run(c: Command) -> Result<ExitCode> {
+    match c {
+        Command::Export(a) => run_export(a),
+        Command::Import(a) => run_import(a),
+        Command::Inspect(a) => run_inspect(a),
+    }
+}
+
+/// The VM to export: its config and, per config disk, the bundle path.
+fn vm_source(a: &ExportArgs) -> Result<(VmConfig, Vec<PathBuf>)> {
+    let src = &a.src;
+    if src.join("manifest").is_file() {
+        let file = src
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "disk.vdisk".into());
+        let stem = src
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "vm".into());
+        return Ok((VmConfig::single_disk(stem, file), vec![src.clone()]));
+    }
+    let (dir, cfg_path) = if src.is_dir() {
+        (src.clone(), src.join(CONFIG_FILE_NAME))
+    } else {
+        (
+            src.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            src.clone(),
+        )
+    };
+    if !cfg_path.is_file() {
+        bail!(
+            "{}: neither a vdisk bundle nor a VM folder (no manifest, no {CONFIG_FILE_NAME})",
+            src.display()
+        );
+    }
+    if a.snapshot.is_some() {
+        bail!("--snapshot applies to a bundle source, not to a VM folder");
+    }
+    let cfg = vdisk_vmconfig::load(&cfg_path)?;
+    let disks = cfg.disks.iter().map(|d| dir.join(&d.path)).collect();
+    Ok((cfg, disks))
+}
+
+fn run_export(a: ExportArgs) -> Result<ExitCode> {
+    if a.out.exists() {
+        bail!("{}: exists; refusing to overwrite", a.out.display());
+    }
+    let (cfg, paths) = vm_source(&a)?;
+    let views: Vec<View> = paths
+        .iter()
+        .map(|p| crate::open::view(p, a.snapshot.as_deref()))
+        .collect::<Result<_>>()?;
+    let blocks: Vec<ViewBlocks> = views.iter().map(ViewBlocks).collect();
+    let disks: Vec<ExportDisk> = blocks
+        .iter()
+        .zip(&paths)
+        .map(|(b, p)| ExportDisk {
+            name: p.display().to_string(),
+            source: b,
+            capacity: b.size(),
+        })
+        .collect();
+    // Progress over all disks: the bytes of the disks before this one, plus this one's.
+    let starts: Vec<u64> = blocks
+        .iter()
+        .scan(0u64, |acc, b| {
+            let s = *acc;
+            *acc += b.size();
+            Some(s)
+        })
+        .collect();
+    let total = blocks.iter().map(|b| b.size()).sum();
+    let pb = crate::progress::bytes(total, "exporting");
+    let progress = |p: &ExportProgress| {
+        let base = starts.get(p.disk_index).copied().unwrap_or(0);
+        pb.set_position(base + p.bytes_done);
+    };
+    let opts = ExportOptions {
+        format: match a.format {
+            FormatArg::V1_0 => OvfVersion::V1_0,
+            FormatArg::V2_0 => OvfVersion::V2_0,
+        },
+        name: a.name.clone(),
+        progress: Some(&progress),
+    };
+    let report = export(&disks, &cfg, &a.out, &opts)
+        .with_context(|| format!("cannot export to {}", a.out.display()))?;
+    pb.finish_and_clear();
+    println!("Exported {}:", report.path.display());
+    for f in &report.files {
+        println!(
+            "  {:<40} {:>10}  sha256 {}",
+            f.name,
+            human(f.size),
+            f.sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `import` created, removed again if a later step fails.
+struct Created {
+    dir: Option<PathBuf>,
+    paths: Vec<PathBuf>,
+    done: bool,
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        for p in &self.paths {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn run_import(a: ImportArgs) -> Result<ExitCode> {
+    let opts = ImportOptions {
+        system: a.system.clone(),
+        require_manifest: a.require_manifest,
+    };
+    let dest_exists = a.dest.exists();
+    if dest_exists {
+        let empty = std::fs::read_dir(&a.dest)
+            .with_context(|| format!("{}: not a folder", a.dest.display()))?
+            .next()
+            .is_none();
+        if !empty {
+            bail!("{}: exists and is not empty", a.dest.display());
+        }
+    }
+    // Every check happens before anything is written.
+    let pkg = import_verify_with(&a.pkg, &opts).context("package refused, nothing written")?;
+    for w in pkg.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let mut created = Created {
+        dir: None,
+        paths: Vec::new(),
+        done: false,
+    };
+    if !dest_exists {
+        std::fs::create_dir_all(&a.dest)
+            .with_context(|| format!("cannot create {}", a.dest.display()))?;
+        created.dir = Some(a.dest.clone());
+    }
+    import_disks(&pkg, &a.dest, a.cluster_size, &mut created)?;
+    let cfg_path = a.dest.join(CONFIG_FILE_NAME);
+    vdisk_vmconfig::save(pkg.vm_config(), &cfg_path)
+        .with_context(|| format!("cannot write {}", cfg_path.display()))?;
+    created.paths.push(cfg_path.clone());
+    created.done = true;
+    let cfg = pkg.vm_config();
+    println!(
+        "Imported {} into {}: {} ({} vCPU, {} MiB, {} disk(s), {} NIC(s))",
+        pkg.package_name(),
+        a.dest.display(),
+        cfg.name,
+        cfg.vcpus,
+        cfg.memory_mib,
+        cfg.disks.len(),
+        cfg.nics.len()
+    );
+    for d in pkg.disks() {
+        println!("  {:<30} {}", d.bundle_path, human(d.capacity));
+    }
+    println!("  {}", cfg_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Converts every disk of the verified package into `dest/<bundle_path>`.
+fn import_disks(
+    pkg: &VerifiedPackage,
+    dest: &Path,
+    cluster_size: u64,
+    created: &mut Created,
+) -> Result<()> {
+    let mut plans = Vec::new();
+    let mut total = 0u64;
+    for d in pkg.disks() {
+        let data: Vec<(u64, u64)> = d
+            .source
+            .extents(0, d.source.size())
+            .with_context(|| format!("{}: disk {}", pkg.package_name(), d.disk_id))?
+            .into_iter()
+            .filter(|e| e.kind == Allocation::Data)
+            .map(|e| (e.offset, e.length))
+            .collect();
+        total += data.iter().map(|r| r.1).sum::<u64>();
+        plans.push((d, data));
+    }
+    let pb = crate::progress::bytes(total, "importing");
+    for (d, data) in plans {
+        let path = dest.join(&d.bundle_path);
+        if path.exists() {
+            bail!("{}: exists", path.display());
+        }
+        let disk = super::create::create(
+            &path,
+            &CreateOptions {
+                virtual_size: d.capacity,
+                cluster_size,
+                subcluster_size: None,
+            },
+        )?;
+        created.paths.push(path.clone());
+        let src = d.source.as_ref();
+        par_copy(
+            &split(&data, CHUNK),
+            default_threads(),
+            &|b, off| {
+                src.read_at(b, off).with_context(|| {
+                    format!(
+                        "{}: disk {}: reading {} bytes at {off}",
+                        pkg.package_name(),
+                        d.disk_id,
+                        b.len()
+                    )
+                })
+            },
+            |b, off| {
+                nonzero_runs(b, off, |b, off| {
+                    disk.write_at(b, off)
+                        .with_context(|| format!("writing {}", path.display()))
+                })
+            },
+            |n| pb.inc(n),
+        )?;
+        disk.flush()?;
+        disk.close()?;
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+fn run_inspect(a: InspectArgs) -> Result<ExitCode> {
+    let r = inspect_with(
+        &a.pkg,
+        &InspectOptions {
+            verify_digests: a.verify,
+        },
+    )
+    .context("cannot inspect the package")?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        print_report(&r);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn json_word<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn print_report(r: &InspectReport) {
+    println!("package:         {} ({})", r.package, json_word(&r.kind));
+    println!(
+        "descriptor:      {} ({}, version {})",
+        r.descriptor,
+        json_word(&r.dialect),
+        r.ovf_version.as_deref().unwrap_or("?")
+    );
+    match &r.manifest {
+        Some(m) => println!(
+            "manifest:        {} ({} entries{})",
+            m.name,
+            m.entries.len(),
+            if m.all_verified { ", all verified" } else { "" }
+        ),
+        None => println!("manifest:        none"),
+    }
+    let cert = serde_json::to_value(&r.certificate)
+        .ok()
+        .map(|v| match v {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default();
+    println!("certificate:     {cert}");
+    println!("files:           {}", r.files.len());
+    for f in &r.files {
+        println!(
+            "  {:<40} {:>10} {:>10}  {}",
+            f.href,
+            f.declared_size.map(human).unwrap_or_else(|| "-".into()),
+            f.actual_size.map(human).unwrap_or_else(|| "missing".into()),
+            json_word(&f.digest)
+        );
+    }
+    for s in &r.systems {
+        println!(
+            "system:          {} {}",
+            s.id,
+            s.name
+                .as_deref()
+                .map(|n| format!("({n})"))
+                .unwrap_or_default()
+        );
+        if let Some(os) = &s.os {
+            println!("  os:            {os}");
+        }
+        match (&s.vm_config, &s.import_error) {
+            (Some(c), _) => {
+                println!(
+                    "  would import:  {} vCPU, {} MiB, {}, {} disk(s), {} NIC(s)",
+                    c.vcpus,
+                    c.memory_mib,
+                    json_word(&c.firmware),
+                    c.disks.len(),
+                    c.nics.len()
+                );
+                for d in &s.disks {
+                    println!("    {:<30} {}", d.bundle_path, human(d.capacity));
+                }
+            }
+            (None, Some(e)) => println!("  cannot import: {e}"),
+            (None, None) => {}
+        }
+        if !s.eulas.is_empty() {
+            println!("  licenses:      {}", s.eulas.len());
+        }
+        for w in &s.warnings {
+            println!("  warning: {w}");
+        }
+    }
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+}
