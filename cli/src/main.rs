@@ -2,8 +2,11 @@
 //!
 //! Thin glue: each subcommand parses its arguments and calls one library function.
 
+mod adapters;
 mod blockio;
 mod cmd;
+mod control;
+mod logger;
 mod open;
 mod progress;
 mod size;
@@ -41,6 +44,12 @@ enum Command {
     Check(cmd::check::Args),
     /// Show the allocation map (data, zero, unallocated extents), like `qemu-img map`.
     Map(cmd::map::Args),
+    /// Mount a disk: head.raw, snapshots/NAME.raw and their partitions as files (FUSE).
+    Mount(cmd::mount::Args),
+    /// Unmount what `vdisk mount` mounted (flushes and closes the disk).
+    Umount(cmd::mount::UmountArgs),
+    /// Serve a disk over NBD (qemu, qemu-img, nbd clients): the head and its snapshots.
+    Serve(cmd::serve::Args),
     /// OVF/OVA packages: export a bundle or VM folder, import, inspect.
     #[command(subcommand)]
     Ovf(cmd::ovf::Command),
@@ -58,6 +67,9 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Map(a) => cmd::map::run(a),
+        Command::Mount(a) => cmd::mount::run(a),
+        Command::Umount(a) => cmd::mount::umount(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Ovf(c) => cmd::ovf::run(c),
     };
     match result {

@@ -6,7 +6,9 @@ pub mod create;
 pub mod info;
 pub mod io;
 pub mod map;
+pub mod mount;
 pub mod ovf;
+pub mod serve;
 pub mod snapshot;
 pub mod vmdk_info;
 
