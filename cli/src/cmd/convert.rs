@@ -83,16 +83,16 @@ fn has_ext(path: &Path, ext: &str) -> bool {
 /// An opened source.
 enum Input {
     Raw(RawSource),
-    Vdisk(VdiskSource),
-    Vmdk(VmdkSource),
+    Vdisk(Box<VdiskSource>),
+    Vmdk(Box<VmdkSource>),
 }
 
 impl Input {
     fn source(&self) -> &dyn Source {
         match self {
             Input::Raw(s) => s,
-            Input::Vdisk(s) => s,
-            Input::Vmdk(s) => s,
+            Input::Vdisk(s) => s.as_ref(),
+            Input::Vmdk(s) => s.as_ref(),
         }
     }
 }
@@ -109,14 +109,14 @@ fn open_input(a: &Args, fmt: Format) -> Result<Input> {
                 Some(s) => Target::Snapshot(s.clone()),
                 None => Target::Head,
             };
-            Input::Vdisk(VdiskSource(
+            Input::Vdisk(Box::new(VdiskSource(
                 View::open(store.as_ref(), target)
                     .with_context(|| format!("cannot open {}", a.src.display()))?,
-            ))
+            )))
         }
-        Format::Vmdk => Input::Vmdk(VmdkSource(
+        Format::Vmdk => Input::Vmdk(Box::new(VmdkSource(
             VmdkImage::open(&a.src).context("cannot open the VMDK source")?,
-        )),
+        ))),
     })
 }
 
