@@ -180,11 +180,14 @@ fn check_layer(
         Ok(x) => x,
         Err(e) => return r.from_error(name, e),
     };
-    if externs != rec.externs {
+    if let Some(missing) = externs.iter().find(|n| !rec.externs.contains(n)) {
         r.problem(
             name,
             "extern table",
-            format!("{externs:?} differs from the manifest's {:?}", rec.externs),
+            format!(
+                "names {missing:?}, which the manifest's externs {:?} do not keep alive",
+                rec.externs
+            ),
         );
         return;
     }

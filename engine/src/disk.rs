@@ -68,9 +68,9 @@ pub(crate) struct State {
 /// A bundle opened for writing. All methods take `&self`; reads run concurrently, writes
 /// and snapshot operations are serialised.
 pub struct Disk {
-    store: Arc<dyn Store>,
-    state: RwLock<State>,
-    poisoned: std::sync::atomic::AtomicBool,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) state: RwLock<State>,
+    pub(crate) poisoned: std::sync::atomic::AtomicBool,
     _lock: Box<dyn StoreLock>,
 }
 
@@ -182,10 +182,23 @@ pub(crate) fn update_manifest<T>(
     store: &dyn Store,
     f: impl FnOnce(&mut Manifest) -> Result<T>,
 ) -> Result<(Manifest, T)> {
-    let loc = store.location();
-    let _maint = store
+    let _maint = lock_maintenance(store)?;
+    update_manifest_locked(store, f)
+}
+
+/// Take the maintenance lock of a store.
+pub(crate) fn lock_maintenance(store: &dyn Store) -> Result<Box<dyn StoreLock>> {
+    store
         .lock_maintenance()
-        .map_err(|e| Error::io(format!("{loc}/maint.lock"), "lock", e))?;
+        .map_err(|e| Error::io(format!("{}/maint.lock", store.location()), "lock", e))
+}
+
+/// [`update_manifest`] for a caller that holds the maintenance lock.
+pub(crate) fn update_manifest_locked<T>(
+    store: &dyn Store,
+    f: impl FnOnce(&mut Manifest) -> Result<T>,
+) -> Result<(Manifest, T)> {
+    let loc = store.location();
     let mut m = read_manifest(store)?;
     let before = m.live_objects();
     let t = f(&mut m)?;
@@ -425,11 +438,11 @@ impl Disk {
         })
     }
 
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_state(&self) -> Result<RwLockWriteGuard<'_, State>> {
+    pub(crate) fn write_state(&self) -> Result<RwLockWriteGuard<'_, State>> {
         if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::InvalidArgument(
                 "an earlier snapshot operation failed half-way; reopen the disk".into(),
@@ -587,25 +600,10 @@ impl Disk {
         Ok(info)
     }
 
-    /// Delete a snapshot. Its data stays as long as a later snapshot or the head needs it.
+    /// Delete a snapshot: its layer is merged into its neighbour (see
+    /// [`Disk::merge_snapshots`]); data a later snapshot or the head needs is kept.
     pub fn snapshot_delete(&self, name: &str) -> Result<()> {
-        let mut st = self.write_state()?;
-        if st.manifest.snapshot(name).is_none() {
-            return Err(Error::SnapshotNotFound(name.to_string()));
-        }
-        let n = name.to_string();
-        let (m, ()) = update_manifest(self.store.as_ref(), move |m| {
-            let before = m.snapshots.len();
-            m.snapshots.retain(|s| s.name != n);
-            if m.snapshots.len() == before {
-                return Err(Error::SnapshotNotFound(n));
-            }
-            Ok(())
-        })?;
-        let live: HashSet<String> = m.layers.iter().map(|l| l.file.clone()).collect();
-        st.cache.retain(|f, _| live.contains(f));
-        st.manifest = m;
-        Ok(())
+        self.merge_snapshot(name).map(|_| ())
     }
 
     /// Rename a snapshot.

@@ -25,6 +25,7 @@ pub mod error;
 pub mod format;
 pub mod info;
 pub mod layer;
+pub mod merge;
 mod resolve;
 pub mod store;
 pub mod view;

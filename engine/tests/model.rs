@@ -27,6 +27,9 @@ enum Op {
     Revert(u8),
     Rename(u8, u8),
     Reopen,
+    Merge(u8),
+    MergeRange(u8, u8),
+    Commit,
     /// Power loss after `n` more syncs (or at once when the next op has fewer), with a seed
     /// choosing which unsynced writes survive.
     Crash {
@@ -47,6 +50,9 @@ fn op(size: u64) -> impl Strategy<Value = Op> {
         1 => (0u8..6).prop_map(Op::Revert),
         1 => (0u8..6, 0u8..6).prop_map(|(a, b)| Op::Rename(a, b)),
         1 => Just(Op::Reopen),
+        2 => (0u8..6).prop_map(Op::Merge),
+        1 => (0u8..6, 0u8..6).prop_map(|(a, b)| Op::MergeRange(a, b)),
+        1 => Just(Op::Commit),
         2 => (0u8..6, any::<u64>()).prop_map(|(after_syncs, seed)| Op::Crash { after_syncs, seed }),
     ]
 }
@@ -113,6 +119,18 @@ fn view_all(store: &dyn Store, t: Target, size: u64) -> Vec<u8> {
 }
 
 fn verify(d: &Disk, store: &MemStore, m: &Model, size: u64) {
+    // Merges leave no anonymous layer with a single child behind.
+    let man = d.manifest();
+    for l in &man.layers {
+        if l.sealed && !man.snapshots.iter().any(|s| s.layer == l.id) {
+            assert_ne!(
+                man.children(l.id).len(),
+                1,
+                "anonymous single-child layer {} left",
+                l.id
+            );
+        }
+    }
     assert_eq!(read_all(d, size), m.head, "head differs from the model");
     let names: Vec<String> = d.snapshots().into_iter().map(|s| s.name).collect();
     let want: Vec<&String> = m.snaps.keys().collect();
@@ -204,6 +222,36 @@ fn run(ops: Vec<Op>, cluster: u64, sub: u64) {
                     assert!(r.is_err());
                 }
             }
+            Op::Merge(i) => match d.merge_snapshot(&name(i)) {
+                Ok(_) => {
+                    m.snaps.remove(&name(i));
+                    m.flushed();
+                }
+                Err(vdisk_engine::Error::SnapshotNotFound(_)) => {
+                    assert!(!m.snaps.contains_key(&name(i)))
+                }
+                Err(e) => panic!("merge: {e}"),
+            },
+            Op::MergeRange(a, b) => {
+                if let Ok(rep) = d.merge_range(&name(a), &name(b)) {
+                    for n in &rep.removed_snapshots {
+                        assert!(
+                            m.snaps.remove(n).is_some(),
+                            "range merge removed unknown {n}"
+                        );
+                    }
+                    assert!(!rep.removed_snapshots.contains(&name(b)));
+                    m.flushed();
+                }
+            }
+            Op::Commit => {
+                if let Ok(rep) = d.commit() {
+                    for n in &rep.removed_snapshots {
+                        assert!(m.snaps.remove(n).is_some(), "commit removed unknown {n}");
+                    }
+                    m.flushed();
+                }
+            }
             Op::Reopen => {
                 disk.take().unwrap().close().unwrap();
                 m.flushed();
@@ -221,10 +269,11 @@ fn run(ops: Vec<Op>, cluster: u64, sub: u64) {
                     m.write(off as usize, &data);
                 }
                 let r2 = d.snapshot_create(&snap);
-                let r3 = if r2.is_ok() {
-                    d.flush()
-                } else {
-                    Err(vdisk_engine::Error::ReadOnly("skipped"))
+                let victim = m.snaps.keys().next().cloned();
+                let r3 = match (&r2, &victim) {
+                    (Ok(_), Some(v)) => d.merge_snapshot(v).map(|_| ()),
+                    (Ok(_), None) => d.flush(),
+                    _ => Err(vdisk_engine::Error::ReadOnly("skipped")),
                 };
                 let _ = r3;
                 std::mem::forget(disk.take());
@@ -235,6 +284,11 @@ fn run(ops: Vec<Op>, cluster: u64, sub: u64) {
                 // The snapshot exists iff its manifest switch happened; if it does, it holds
                 // the head as of its creation (all writes before were flushed by it).
                 let names: Vec<String> = d2.snapshots().into_iter().map(|s| s.name).collect();
+                if let Some(v) = &victim {
+                    if !names.contains(v) {
+                        m.snaps.remove(v); // the merge happened
+                    }
+                }
                 if names.contains(&snap) {
                     m.flushed();
                     m.snaps.insert(snap.clone(), m.head.clone());

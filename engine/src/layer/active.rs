@@ -461,6 +461,94 @@ impl ActiveLayer {
         Ok(())
     }
 
+    /// Names of the other layer files this layer reads data from.
+    pub fn extern_names(&self) -> &[String] {
+        &self.extern_names
+    }
+
+    /// The file index (1-based) of extern `obj`, adding it to the table if needed; `None`
+    /// when the table is full.
+    fn extern_index(&mut self, obj: &Arc<dyn Object>) -> Option<u16> {
+        if let Some(i) = self.extern_names.iter().position(|n| n == obj.name()) {
+            return u16::try_from(i + 1).ok();
+        }
+        if self.extern_names.len() >= crate::format::header::MAX_EXTERNS as usize {
+            return None;
+        }
+        self.extern_names.push(obj.name().to_string());
+        self.files.push(obj.clone());
+        u16::try_from(self.extern_names.len()).ok()
+    }
+
+    /// Fold the parent layer into this one (format-spec/merge.md §3): every subcluster the
+    /// parent decides and this layer does not is taken over — by reference to the parent's
+    /// data file where this layer holds no data in that cluster, by copying the parent's
+    /// subclusters into this layer's cluster area otherwise. The content read through this
+    /// layer is unchanged; afterwards it no longer needs the parent. Returns (bytes copied,
+    /// bytes referenced). Durable (checkpointed) on return.
+    pub(crate) fn absorb(&mut self, parent: &LayerData) -> Result<(u64, u64)> {
+        let g = self.geometry;
+        let sub = g.subcluster_size() as usize;
+        let (mut copied, mut referenced) = (0u64, 0u64);
+        let mut data = Vec::new();
+        for ep in &parent.entries {
+            let c = ep.guest_cluster;
+            let mut e = self.map.get(c).copied().unwrap_or(MapEntry::empty(c));
+            let need = ep.decided() & !e.decided();
+            if need == 0 {
+                continue;
+            }
+            let need_data = ep.alloc & need;
+            e.zero |= ep.zero & need;
+            if need_data != 0 {
+                let src = &parent.files[usize::from(ep.file_index)];
+                let by_ref = if e.alloc == 0 {
+                    self.extern_index(src)
+                } else {
+                    None
+                };
+                match by_ref {
+                    Some(fi) => {
+                        e.data_offset = ep.data_offset;
+                        e.compressed_len = ep.compressed_len;
+                        e.file_index = fi;
+                        e.alloc = need_data;
+                        referenced += u64::from(need_data.count_ones()) * sub as u64;
+                    }
+                    None => {
+                        if e.alloc != 0 && (e.file_index != 0 || e.compressed_len != 0) {
+                            e = self.localize(e)?;
+                        }
+                        if e.data_offset == 0 || e.alloc == 0 && e.file_index != 0 {
+                            e.data_offset = self.alloc_area();
+                            e.file_index = 0;
+                            e.compressed_len = 0;
+                        }
+                        read_entry_data(&parent.files, ep, &g, &mut data)?;
+                        let mut k = 0;
+                        for i in 0..g.subclusters() {
+                            if ep.alloc & (1 << i) == 0 {
+                                continue;
+                            }
+                            if need_data & (1 << i) != 0 {
+                                let chunk = data[k * sub..(k + 1) * sub].to_vec();
+                                self.write_data(&chunk, e.data_offset + u64::from(i) * sub as u64)?;
+                                copied += sub as u64;
+                            }
+                            k += 1;
+                        }
+                        e.alloc |= need_data;
+                    }
+                }
+            }
+            self.map.set(e);
+            self.dirty.insert(c);
+        }
+        self.dirty.clear();
+        self.checkpoint(None)?;
+        Ok((copied, referenced))
+    }
+
     /// Make every acknowledged write durable: data, then the journal.
     pub fn flush(&mut self) -> Result<()> {
         if self.unsynced || !self.dirty.is_empty() {

@@ -155,11 +155,16 @@ pub(crate) fn open_externs(
     names: &[String],
     object: &str,
 ) -> Result<Vec<Arc<dyn Object>>> {
-    if names != record.externs.as_slice() {
+    // The manifest may name more externs than the table (while a merge into the active layer
+    // is in progress), never fewer: every file the layer reads must be kept alive.
+    if let Some(missing) = names.iter().find(|n| !record.externs.contains(n)) {
         return Err(Error::format(
             object,
             "extern table",
-            format!("{names:?} differs from the manifest's {:?}", record.externs),
+            format!(
+                "names {missing:?}, which the manifest's externs {:?} do not keep alive",
+                record.externs
+            ),
         ));
     }
     names.iter().map(|n| open_obj(store, n, false)).collect()

@@ -3,6 +3,7 @@
 pub(crate) mod active;
 pub(crate) mod data;
 mod table;
+pub mod writer;
 
 pub use active::ActiveLayer;
 pub(crate) use data::{decompress_cluster, hash_entries};

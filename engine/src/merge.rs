@@ -1,0 +1,531 @@
+//! Merge: delete snapshots by folding their layers into a neighbour (format-spec/merge.md).
+//!
+//! Folding never changes what any surviving snapshot or the head reads. The folded result
+//! references the data of the folded layers where it lies (their files become externs) and
+//! copies only the subclusters of clusters that more than one folded layer holds data in, so
+//! a merge costs O(changed metadata + the smaller layer's share of mixed clusters).
+
+use crate::disk::{
+    layer_file_name, lock_maintenance, open_chain, read_manifest, update_manifest_locked, Disk,
+    State,
+};
+use crate::error::{Error, Result};
+use crate::format::manifest::{LayerRecord, Manifest};
+use crate::format::{Geometry, Id, MapEntry};
+use crate::layer::writer::LayerWriter;
+use crate::layer::{hash_entry, read_entry_data, LayerData};
+use crate::store::{Object, Store};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a merge did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MergeReport {
+    /// Snapshots removed.
+    pub removed_snapshots: Vec<String>,
+    /// Layers folded away.
+    pub layers_folded: usize,
+    /// Bytes of data copied.
+    pub bytes_copied: u64,
+    /// Bytes of data taken over by reference (not copied).
+    pub bytes_referenced: u64,
+    /// Notes (e.g. a layer kept because two branches share it).
+    pub notes: Vec<String>,
+}
+
+/// Fold consecutive sealed layers (base first: each the parent of the next) into a new sealed
+/// layer file `file` with id `id`. The top layer wins where layers overlap.
+pub(crate) fn fold_sealed(
+    store: &dyn Store,
+    geometry: Geometry,
+    layers: &[Arc<LayerData>],
+    id: Id,
+    file: &str,
+    created_ns: u64,
+    report: &mut MergeReport,
+) -> Result<(LayerData, Vec<String>)> {
+    let g = geometry;
+    let sub = g.subcluster_size() as usize;
+    let hashes: Vec<Vec<[u8; 32]>> = layers
+        .iter()
+        .map(|l| l.read_hashes())
+        .collect::<Result<_>>()?;
+    // (cluster, layer index, entry index), top layer first within a cluster.
+    let mut all: Vec<(u64, usize, usize)> = Vec::new();
+    for (li, l) in layers.iter().enumerate() {
+        all.extend(
+            l.entries
+                .iter()
+                .enumerate()
+                .map(|(ei, e)| (e.guest_cluster, li, ei)),
+        );
+    }
+    all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut w = LayerWriter::create(store, file, id, g)?;
+    let mut extern_names: Vec<String> = Vec::new();
+    let mut extern_files: Vec<Arc<dyn Object>> = Vec::new();
+    let mut index_of: HashMap<String, u16> = HashMap::new();
+    let mut entries = Vec::new();
+    let mut out_hashes = Vec::new();
+    let mut scratch = Vec::new();
+    let mut i = 0;
+    while i < all.len() {
+        let c = all[i].0;
+        let mut j = i;
+        while j < all.len() && all[j].0 == c {
+            j += 1;
+        }
+        // Which layer decides each subcluster (top first).
+        let mut decided = 0u32;
+        let mut zero = 0u32;
+        let mut data_contribs: Vec<(usize, usize, u32)> = Vec::new();
+        for &(_, li, ei) in &all[i..j] {
+            let e = &layers[li].entries[ei];
+            let own = e.decided() & !decided;
+            decided |= own;
+            zero |= e.zero & own;
+            if e.alloc & own != 0 {
+                data_contribs.push((li, ei, e.alloc & own));
+            }
+        }
+        i = j;
+        if decided == 0 {
+            continue;
+        }
+        let mut out = MapEntry {
+            guest_cluster: c,
+            zero,
+            ..Default::default()
+        };
+        let mut hash = [0u8; 32];
+        // One data contributor: reference its data where it lies.
+        let single = match data_contribs.as_slice() {
+            [(li, ei, mask)] => {
+                let e = layers[*li].entries[*ei];
+                let src = &layers[*li].files[usize::from(e.file_index)];
+                let fi = match index_of.get(src.name()) {
+                    Some(fi) => Some(*fi),
+                    None if extern_names.len() < crate::format::header::MAX_EXTERNS as usize => {
+                        extern_names.push(src.name().to_string());
+                        extern_files.push(src.clone());
+                        let fi = extern_names.len() as u16;
+                        index_of.insert(src.name().to_string(), fi);
+                        Some(fi)
+                    }
+                    None => None,
+                };
+                fi.map(|fi| (*li, *ei, *mask, e, fi))
+            }
+            _ => None,
+        };
+        if let Some((li, ei, mask, e, fi)) = single {
+            out.alloc = mask;
+            out.data_offset = e.data_offset;
+            out.compressed_len = e.compressed_len;
+            out.file_index = fi;
+            hash = if mask == e.alloc {
+                hashes[li].get(ei).copied().unwrap_or([0; 32])
+            } else {
+                let restricted = MapEntry { alloc: mask, ..e };
+                hash_entry(&layers[li].files, &restricted, &g, &mut scratch)?
+            };
+            report.bytes_referenced += u64::from(mask.count_ones()) * sub as u64;
+        } else if !data_contribs.is_empty() {
+            // Several contributors (or the extern table is full): copy into a new area.
+            let mut area = vec![0u8; g.cluster_size() as usize];
+            for &(li, ei, mask) in &data_contribs {
+                let e = layers[li].entries[ei];
+                read_entry_data(&layers[li].files, &e, &g, &mut scratch)?;
+                let mut k = 0;
+                for s in 0..g.subclusters() as usize {
+                    if e.alloc & (1 << s) == 0 {
+                        continue;
+                    }
+                    if mask & (1 << s) != 0 {
+                        area[s * sub..(s + 1) * sub]
+                            .copy_from_slice(&scratch[k * sub..(k + 1) * sub]);
+                    }
+                    k += 1;
+                }
+                out.alloc |= mask;
+            }
+            let at = w.alloc_area();
+            let mut hasher = blake3::Hasher::new();
+            let mut s = 0usize;
+            while s < g.subclusters() as usize {
+                if out.alloc & (1 << s) == 0 {
+                    s += 1;
+                    continue;
+                }
+                let mut t = s;
+                while t < g.subclusters() as usize && out.alloc & (1 << t) != 0 {
+                    t += 1;
+                }
+                w.write(&area[s * sub..t * sub], at + (s * sub) as u64)?;
+                hasher.update(&area[s * sub..t * sub]);
+                report.bytes_copied += ((t - s) * sub) as u64;
+                s = t;
+            }
+            hash = *hasher.finalize().as_bytes();
+            out.data_offset = at;
+        }
+        entries.push(out);
+        out_hashes.push(hash);
+    }
+    let data = w.finish(
+        entries,
+        &out_hashes,
+        &extern_names,
+        extern_files,
+        created_ns,
+    )?;
+    Ok((data, extern_names))
+}
+
+/// What merging a snapshot away means for the layer tree.
+enum Plan {
+    /// The layer has no children: drop it.
+    Drop,
+    /// Two or more branches share the layer: keep it, anonymous.
+    KeepShared(usize),
+    /// Fold the layer into its one sealed child.
+    FoldIntoSealed { layer: Id, child: Id },
+    /// Fold the layer into the active layer (its one child).
+    FoldIntoActive { layer: Id },
+}
+
+fn plan(m: &Manifest, layer: Id) -> Plan {
+    let children = m.children(layer);
+    match children.as_slice() {
+        [] => Plan::Drop,
+        [c] if *c == m.active_layer => Plan::FoldIntoActive { layer },
+        [c] => Plan::FoldIntoSealed { layer, child: *c },
+        more => Plan::KeepShared(more.len()),
+    }
+}
+
+/// Layers with no snapshot and one child (left by deletions): each is folded into its child.
+fn anonymous_layers(m: &Manifest) -> Vec<Id> {
+    m.layers
+        .iter()
+        .filter(|l| {
+            l.sealed && !m.snapshots.iter().any(|s| s.layer == l.id) && m.children(l.id).len() == 1
+        })
+        .map(|l| l.id)
+        .collect()
+}
+
+/// Fold sealed `layer` into its sealed `child` under the maintenance lock: a new file for the
+/// result, then one manifest switch. Safe while another process writes the active layer.
+fn fold_pair_locked(
+    store: &dyn Store,
+    m: &Manifest,
+    layer: Id,
+    child: Id,
+    report: &mut MergeReport,
+) -> Result<Manifest> {
+    let g = Geometry::from_sizes(m.virtual_size, m.cluster_size, m.subcluster_size)
+        .map_err(|e| e.in_object("manifest"))?;
+    let rec_l = m
+        .layer(layer)
+        .cloned()
+        .ok_or_else(|| Error::format("manifest", "layers", format!("missing {layer}")))?;
+    let rec_c = m
+        .layer(child)
+        .cloned()
+        .ok_or_else(|| Error::format("manifest", "layers", format!("missing {child}")))?;
+    let l = Arc::new(LayerData::open(store, &rec_l, &g)?);
+    let c = Arc::new(LayerData::open(store, &rec_c, &g)?);
+    let new_id = Id::random();
+    let file = layer_file_name(new_id, 1);
+    let (_data, externs) = fold_sealed(store, g, &[l, c], new_id, &file, rec_c.created_ns, report)?;
+    let gen = m.generation;
+    let (m2, ()) = update_manifest_locked(store, move |m| {
+        if m.generation != gen {
+            return Err(Error::Conflict {
+                path: "manifest".into(),
+                expected: gen,
+                found: m.generation,
+            });
+        }
+        let parent = m.layer(layer).and_then(|r| r.parent);
+        m.layers.retain(|r| r.id != layer && r.id != child);
+        m.layers.push(LayerRecord {
+            id: new_id,
+            parent,
+            file,
+            sealed: true,
+            externs,
+            created_ns: rec_c.created_ns,
+        });
+        for r in m.layers.iter_mut() {
+            if r.parent == Some(child) {
+                r.parent = Some(new_id);
+            }
+        }
+        for s in m.snapshots.iter_mut() {
+            if s.layer == child {
+                s.layer = new_id;
+            }
+        }
+        Ok(())
+    })?;
+    report.layers_folded += 1;
+    Ok(m2)
+}
+
+/// Remove the snapshot records `names` and fold their layers away where only sealed layers
+/// are involved, without the writer lock (for use while another process writes). Fails with
+/// a clear error when a fold needs the active layer (then the writer must do it).
+pub fn merge_offline(store: &dyn Store, names: &[String]) -> Result<MergeReport> {
+    let _maint = lock_maintenance(store)?;
+    let mut report = MergeReport::default();
+    let m = read_manifest(store)?;
+    for n in names {
+        let s = m
+            .snapshot(n)
+            .ok_or_else(|| Error::SnapshotNotFound(n.clone()))?;
+        if let Plan::FoldIntoActive { .. } = plan(&m, s.layer) {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot {n:?} is the parent of the active layer: the process that has the disk open for writing must merge it"
+            )));
+        }
+    }
+    let names2 = names.to_vec();
+    let (mut m, ()) = update_manifest_locked(store, |m| {
+        m.snapshots.retain(|s| !names2.contains(&s.name));
+        Ok(())
+    })?;
+    report.removed_snapshots = names.to_vec();
+    loop {
+        let Some(layer) = anonymous_layers(&m)
+            .into_iter()
+            .find(|l| !matches!(plan(&m, *l), Plan::FoldIntoActive { .. }))
+        else {
+            break;
+        };
+        match plan(&m, layer) {
+            Plan::FoldIntoSealed { layer, child } => {
+                m = fold_pair_locked(store, &m, layer, child, &mut report)?
+            }
+            _ => break,
+        }
+    }
+    note_shared(&m, &mut report);
+    Ok(report)
+}
+
+fn note_shared(m: &Manifest, report: &mut MergeReport) {
+    for l in &m.layers {
+        if l.sealed && !m.snapshots.iter().any(|s| s.layer == l.id) {
+            if let Plan::KeepShared(n) = plan(m, l.id) {
+                report.notes.push(format!(
+                    "layer {} has no snapshot but is shared by {n} branches; kept",
+                    l.id.short()
+                ));
+            }
+        }
+    }
+}
+
+impl Disk {
+    /// Delete snapshots by folding their layers into their neighbours; every other snapshot
+    /// and the head read exactly as before.
+    pub fn merge_snapshots(&self, names: &[String]) -> Result<MergeReport> {
+        let mut st = self.write_state()?;
+        // A merge is a consistency point: the head's writes so far become durable first.
+        st.active.flush()?;
+        for n in names {
+            let m = read_manifest(self.store.as_ref())?;
+            if m.snapshot(n).is_none() {
+                return Err(Error::SnapshotNotFound(n.clone()));
+            }
+        }
+        let _maint = lock_maintenance(self.store.as_ref())?;
+        let mut report = MergeReport::default();
+        let names2 = names.to_vec();
+        let (mut m, ()) = update_manifest_locked(self.store.as_ref(), |m| {
+            m.snapshots.retain(|s| !names2.contains(&s.name));
+            Ok(())
+        })?;
+        report.removed_snapshots = names.to_vec();
+        while let Some(layer) = anonymous_layers(&m).first().copied() {
+            m = match plan(&m, layer) {
+                Plan::FoldIntoSealed { layer, child } => {
+                    fold_pair_locked(self.store.as_ref(), &m, layer, child, &mut report)?
+                }
+                Plan::FoldIntoActive { layer } => {
+                    self.fold_into_active_locked(&mut st, &m, layer, &mut report)?
+                }
+                _ => break,
+            };
+        }
+        note_shared(&m, &mut report);
+        self.refresh_chain(&mut st, m)?;
+        Ok(report)
+    }
+
+    /// Delete one snapshot (see [`Disk::merge_snapshots`]).
+    pub fn merge_snapshot(&self, name: &str) -> Result<MergeReport> {
+        self.merge_snapshots(&[name.to_string()])
+    }
+
+    /// Collapse the snapshots from `older` up to `newer` on newer's chain into one: every
+    /// snapshot of the run except `newer` is removed, their layers folded in one pass.
+    pub fn merge_range(&self, older: &str, newer: &str) -> Result<MergeReport> {
+        let m = self.manifest();
+        let o = m
+            .snapshot(older)
+            .ok_or_else(|| Error::SnapshotNotFound(older.into()))?;
+        let n = m
+            .snapshot(newer)
+            .ok_or_else(|| Error::SnapshotNotFound(newer.into()))?;
+        let chain = m.chain(n.layer);
+        let start = chain.iter().position(|l| *l == o.layer).ok_or_else(|| {
+            Error::InvalidArgument(format!("{older:?} is not an ancestor of {newer:?}"))
+        })?;
+        let run: Vec<Id> = chain[start..].to_vec();
+        let names: Vec<String> = m
+            .snapshots
+            .iter()
+            .filter(|s| run.contains(&s.layer) && s.name != newer)
+            .map(|s| s.name.clone())
+            .collect();
+        if let Some(p) = m
+            .snapshots
+            .iter()
+            .find(|s| names.contains(&s.name) && s.pinned)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot {:?} is pinned; unpin it first",
+                p.name
+            )));
+        }
+        if names.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "no snapshot between {older:?} and {newer:?} to merge"
+            )));
+        }
+        self.merge_snapshots(&names)
+    }
+
+    /// Fold the active layer's parent into the active layer, like `qemu-img commit` shortens a
+    /// chain. The snapshot that names the parent (its content would change) is removed;
+    /// a pinned one makes the commit fail.
+    pub fn commit(&self) -> Result<MergeReport> {
+        let m = self.manifest();
+        let parent = m
+            .layer(m.active_layer)
+            .and_then(|l| l.parent)
+            .ok_or_else(|| {
+                Error::InvalidArgument("the head has no parent layer: nothing to commit".into())
+            })?;
+        if m.children(parent).len() > 1 {
+            return Err(Error::InvalidArgument(
+                "the parent layer is shared by another branch; commit would change it".into(),
+            ));
+        }
+        let names: Vec<String> = m
+            .snapshots
+            .iter()
+            .filter(|s| s.layer == parent)
+            .map(|s| s.name.clone())
+            .collect();
+        if let Some(p) = m
+            .snapshots
+            .iter()
+            .find(|s| names.contains(&s.name) && s.pinned)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "snapshot {:?} holds the parent layer and is pinned",
+                p.name
+            )));
+        }
+        if names.is_empty() {
+            // Anonymous parent: fold it directly.
+            let mut st = self.write_state()?;
+            st.active.flush()?;
+            let _maint = lock_maintenance(self.store.as_ref())?;
+            let mut report = MergeReport::default();
+            let m = read_manifest(self.store.as_ref())?;
+            let m = self.fold_into_active_locked(&mut st, &m, parent, &mut report)?;
+            self.refresh_chain(&mut st, m)?;
+            return Ok(report);
+        }
+        self.merge_snapshots(&names)
+    }
+
+    /// Fold sealed `layer` (the active layer's parent) into the active layer.
+    fn fold_into_active_locked(
+        &self,
+        st: &mut State,
+        m: &Manifest,
+        layer: Id,
+        report: &mut MergeReport,
+    ) -> Result<Manifest> {
+        let store = self.store.as_ref();
+        let rec = m
+            .layer(layer)
+            .cloned()
+            .ok_or_else(|| Error::format("manifest", "layers", format!("missing {layer}")))?;
+        let parent_data = match st.cache.get(&rec.file) {
+            Some(d) => d.clone(),
+            None => Arc::new(LayerData::open(store, &rec, &st.geometry)?),
+        };
+        let active = st.active.id;
+        // 1. keep the parent's files alive as externs of the active layer before it names them
+        let mut names: Vec<String> = parent_data
+            .files
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        names.retain(|n| !n.is_empty());
+        let (_, ()) = update_manifest_locked(store, |m| {
+            let a = m
+                .layer_mut(active)
+                .ok_or_else(|| Error::format("manifest", "active_layer", "missing"))?;
+            for n in names {
+                if !a.externs.contains(&n) && a.externs.len() < 255 {
+                    a.externs.push(n);
+                }
+            }
+            Ok(())
+        })?;
+        // 2. fold, checkpointed
+        self.poisoned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (copied, referenced) = st.active.absorb(&parent_data)?;
+        report.bytes_copied += copied;
+        report.bytes_referenced += referenced;
+        // 3. the active layer takes the parent's place
+        let exact = st.active.extern_names().to_vec();
+        let (m2, ()) = update_manifest_locked(store, move |m| {
+            let grand = m.layer(layer).and_then(|r| r.parent);
+            m.layers.retain(|r| r.id != layer);
+            let a = m
+                .layer_mut(active)
+                .ok_or_else(|| Error::format("manifest", "active_layer", "missing"))?;
+            a.parent = grand;
+            a.externs = exact;
+            Ok(())
+        })?;
+        self.poisoned
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        report.layers_folded += 1;
+        Ok(m2)
+    }
+
+    /// Rebuild the chain below the active layer from a new manifest (after merges).
+    fn refresh_chain(&self, st: &mut State, m: Manifest) -> Result<()> {
+        let parent = m.layer(m.active_layer).and_then(|l| l.parent);
+        let geometry = st.geometry;
+        let chain = open_chain(self.store.as_ref(), &m, geometry, parent, &mut st.cache)?;
+        let live: std::collections::HashSet<String> =
+            m.layers.iter().map(|l| l.file.clone()).collect();
+        st.cache.retain(|f, _| live.contains(f));
+        st.chain = chain;
+        st.manifest = m;
+        Ok(())
+    }
+}
