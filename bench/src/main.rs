@@ -8,6 +8,7 @@
 mod engine_runs;
 mod qemu;
 mod report;
+mod vmdk_runs;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -22,7 +23,7 @@ pub struct Opts {
     /// Smaller sizes and counts (about a minute); the default takes a few minutes.
     #[arg(long)]
     pub quick: bool,
-    /// Run only the groups whose name contains this (read, write, seq, snapshot, open).
+    /// Run only the groups whose name contains this (read, write, seq, snapshot, open, vmdk).
     #[arg(long)]
     pub only: Option<String>,
     /// Write the results as JSON here.
@@ -77,6 +78,9 @@ fn main() -> Result<()> {
     }
     if opts.wants("open") {
         engine_runs::deep_chain(&opts, &qemu, &mut rep)?;
+    }
+    if opts.wants("vmdk") {
+        vmdk_runs::stream_export(&opts, &qemu, &fixture, &mut rep)?;
     }
     rep.print();
     if let Some(p) = &opts.json {
