@@ -82,6 +82,9 @@ impl Resolver for HeadResolver<'_> {
     fn geometry(&self) -> &Geometry {
         &self.st.geometry
     }
+    fn decomp_cache(&self) -> &crate::resolve::DecompCache {
+        &self.st.chain.decompressed
+    }
     #[inline]
     fn locate(&self, c: u64, s: u32) -> Loc {
         match self.st.active.locate(c, s, ACTIVE) {

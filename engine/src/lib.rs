@@ -20,14 +20,18 @@
 
 pub mod alloc;
 pub mod check;
+pub mod compact;
+pub mod diff;
 pub mod disk;
 pub mod error;
 pub mod format;
 pub mod info;
 pub mod layer;
+pub mod maintain;
 pub mod merge;
 mod resolve;
 pub mod store;
+pub mod stream;
 pub mod view;
 
 pub use alloc::{Extent, ExtentKind};

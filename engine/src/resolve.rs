@@ -213,6 +213,40 @@ pub struct Chain {
     pub(crate) layers: Vec<Arc<LayerData>>,
     pub(crate) map: ChainMap,
     pub(crate) geometry: Geometry,
+    pub(crate) decompressed: DecompCache,
+}
+
+/// The last few decompressed clusters of a chain, so small reads of a compressed cluster do
+/// not decompress it again and again.
+#[derive(Debug, Default)]
+pub(crate) struct DecompCache {
+    slots: std::sync::Mutex<std::collections::VecDeque<((u32, u16, u64), Arc<Vec<u8>>)>>,
+}
+
+/// Clusters kept decompressed per chain.
+const DECOMP_SLOTS: usize = 16;
+
+impl DecompCache {
+    /// The decompressed cluster at (layer, file, offset), decompressing on a miss.
+    pub fn get(
+        &self,
+        key: (u32, u16, u64),
+        load: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Arc<Vec<u8>>> {
+        {
+            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, d)) = slots.iter().find(|(k, _)| *k == key) {
+                return Ok(d.clone());
+            }
+        }
+        let d = Arc::new(load()?);
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() >= DECOMP_SLOTS {
+            slots.pop_front();
+        }
+        slots.push_back((key, d.clone()));
+        Ok(d)
+    }
 }
 
 impl Chain {
@@ -226,6 +260,7 @@ impl Chain {
             layers,
             map,
             geometry,
+            decompressed: DecompCache::default(),
         }
     }
 
@@ -266,6 +301,8 @@ pub(crate) trait Resolver {
     fn geometry(&self) -> &Geometry;
     fn locate(&self, c: u64, s: u32) -> Loc;
     fn object(&self, layer: u32, file: u16) -> Result<&Arc<dyn Object>>;
+    /// The cache of decompressed clusters to use.
+    fn decomp_cache(&self) -> &DecompCache;
 }
 
 /// Fill `buf` with the guest bytes at `offset`, coalescing adjacent subclusters that come
@@ -301,7 +338,6 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
     let mut pos = 0usize;
     // Pending run: (loc of first, buf start, len)
     let mut run: Option<(Loc, usize, usize)> = None;
-    let mut decomp: Option<(u32, u16, u64, Vec<u8>)> = None;
     while pos < buf.len() {
         let off = offset + pos as u64;
         // Shifts, not divisions: this loop runs once per subcluster of every read.
@@ -359,21 +395,17 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                     len,
                     sub: s,
                 } => {
-                    let fresh = !matches!(&decomp, Some((l, f, o, _)) if *l == layer && *f == file && *o == coff);
-                    if fresh {
-                        let e = MapEntry {
-                            data_offset: coff,
-                            compressed_len: len,
-                            ..Default::default()
-                        };
-                        let obj = r.object(layer, file)?;
-                        let data = crate::layer::decompress_cluster(obj, &e, &g)?;
-                        decomp = Some((layer, file, coff, data));
-                    }
-                    if let Some((_, _, _, data)) = &decomp {
-                        let start = (u64::from(s) * sub + in_sub) as usize;
-                        buf[pos..pos + n].copy_from_slice(&data[start..start + n]);
-                    }
+                    let e = MapEntry {
+                        data_offset: coff,
+                        compressed_len: len,
+                        ..Default::default()
+                    };
+                    let obj = r.object(layer, file)?;
+                    let data = r.decomp_cache().get((layer, file, coff), || {
+                        crate::layer::decompress_cluster(obj, &e, &g)
+                    })?;
+                    let start = (u64::from(s) * sub + in_sub) as usize;
+                    buf[pos..pos + n].copy_from_slice(&data[start..start + n]);
                 }
                 other => run = Some((other, pos, n)),
             }

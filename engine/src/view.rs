@@ -33,6 +33,9 @@ impl Resolver for Chain {
     fn geometry(&self) -> &Geometry {
         &self.geometry
     }
+    fn decomp_cache(&self) -> &crate::resolve::DecompCache {
+        &self.decompressed
+    }
     #[inline]
     fn locate(&self, c: u64, s: u32) -> Loc {
         self.map.locate(c, s)
