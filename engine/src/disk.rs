@@ -446,12 +446,16 @@ impl Disk {
     }
 
     pub(crate) fn write_state(&self) -> Result<RwLockWriteGuard<'_, State>> {
+        // The flag is set and cleared only under the write lock, so it is read after taking
+        // the lock: read before, it would show a snapshot operation still in progress on
+        // another thread as a failed one.
+        let guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::InvalidArgument(
                 "an earlier snapshot operation failed half-way; reopen the disk".into(),
             ));
         }
-        Ok(self.state.write().unwrap_or_else(|p| p.into_inner()))
+        Ok(guard)
     }
 
     /// The store this disk lives in.
