@@ -6,8 +6,11 @@
 //! blocks in the same order. Page cache on (cache=writeback) for all peers.
 
 mod engine_runs;
+mod fuse_runs;
+mod nbd_runs;
 mod qemu;
 mod report;
+mod servers;
 mod vmdk_runs;
 
 use anyhow::{Context, Result};
@@ -23,7 +26,8 @@ pub struct Opts {
     /// Smaller sizes and counts (about a minute); the default takes a few minutes.
     #[arg(long)]
     pub quick: bool,
-    /// Run only the groups whose name contains this (read, write, seq, snapshot, open, vmdk).
+    /// Run only the groups whose name contains this (read, write, seq, snapshot, open, vmdk,
+    /// nbd, fuse).
     #[arg(long)]
     pub only: Option<String>,
     /// Write the results as JSON here.
@@ -81,6 +85,12 @@ fn main() -> Result<()> {
     }
     if opts.wants("vmdk") {
         vmdk_runs::stream_export(&opts, &qemu, &fixture, &mut rep)?;
+    }
+    if opts.wants("nbd") {
+        nbd_runs::nbd(&opts, &fixture, &mut rep)?;
+    }
+    if opts.wants("fuse") {
+        fuse_runs::fuse(&opts, &fixture, &mut rep)?;
     }
     rep.print();
     if let Some(p) = &opts.json {

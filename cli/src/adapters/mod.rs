@@ -604,6 +604,33 @@ mod tests {
     }
 
     #[test]
+    fn head_io_runs_beside_snapshot_operations() {
+        let t = tempfile::tempdir().unwrap();
+        let (p, d) = bundle(t.path());
+        let w = Writer::new(d, &p, "test");
+        std::thread::scope(|s| {
+            for k in 0..3u8 {
+                let head = w.head().unwrap();
+                s.spawn(move || {
+                    let mut b = vec![0u8; 4096];
+                    for i in 0..200u64 {
+                        let off = (u64::from(k) * 200 + i) * 4096 % (4 << 20);
+                        head.write(&[k + 1; 4096], off).unwrap();
+                        head.read(&mut b, off).unwrap();
+                        assert_eq!(b, [k + 1; 4096]);
+                    }
+                });
+            }
+            for i in 0..20 {
+                w.disk().snapshot_create(&format!("s{i}")).unwrap();
+                w.refresh();
+            }
+        });
+        assert_eq!(w.snapshots().len(), 20);
+        w.close().unwrap();
+    }
+
+    #[test]
     fn reader_follows_manifest_changes() {
         let t = tempfile::tempdir().unwrap();
         let (p, d) = bundle(t.path());
