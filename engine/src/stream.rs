@@ -165,6 +165,8 @@ pub fn export_diff(
     {
         let mut body = Body { z, hash };
         write_records(&g, &cand, &b, from.is_none(), &mut body, &mut rep)?;
+        // The digest covers everything before the end record's fields, its type byte included.
+        body.hash.update(&[REC_END]);
         let digest = body.hash.finalize();
         let mut end = vec![REC_END];
         for v in [

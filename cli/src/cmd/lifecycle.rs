@@ -1,0 +1,297 @@
+//! `vdisk merge`, `vdisk commit`, `vdisk compact`, `vdisk policy`, `vdisk maintain`:
+//! keeping chains short and files small.
+
+use super::print_json;
+use crate::size::human;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vdisk_engine::compact::{CompactOptions, CompactReport};
+use vdisk_engine::format::manifest::Policy;
+use vdisk_engine::merge::{merge_offline, MergeReport};
+use vdisk_engine::{Disk, Error, Id};
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    /// The disk bundle.
+    pub disk: PathBuf,
+    /// The snapshot to delete by folding its layer into its neighbour.
+    pub snapshot: Option<String>,
+    /// Collapse a run of snapshots: OLDER..NEWER removes OLDER and every snapshot up to (not
+    /// including) NEWER, folding their layers into NEWER's in one pass.
+    #[arg(long, conflicts_with = "snapshot")]
+    pub range: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CommitArgs {
+    /// The disk bundle.
+    pub disk: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CompactArgs {
+    /// The disk bundle.
+    pub disk: PathBuf,
+    /// Only this layer (id from `vdisk info --json`).
+    #[arg(long)]
+    pub layer: Option<String>,
+    /// Store clusters zstd-compressed (optional level, default 3).
+    #[arg(long, num_args = 0..=1, default_missing_value = "3", value_name = "LEVEL")]
+    pub compress: Option<i32>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Store a retention policy in the disk (applied by `vdisk maintain`).
+    Set {
+        /// The disk bundle.
+        disk: PathBuf,
+        /// Keep the newest N snapshots.
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Keep the head's chain at most L layers deep.
+        #[arg(long)]
+        max_chain: Option<u32>,
+        /// Keep the newest snapshot of each of the last H hours.
+        #[arg(long)]
+        hourly: Option<u32>,
+        /// Keep the newest snapshot of each of the last D days.
+        #[arg(long)]
+        daily: Option<u32>,
+    },
+    /// Show the policy.
+    Show {
+        /// The disk bundle.
+        disk: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the policy.
+    Clear {
+        /// The disk bundle.
+        disk: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct MaintainArgs {
+    /// The disk bundle.
+    pub disk: PathBuf,
+    /// Only show what would be merged.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_merge(r: &MergeReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    for n in &r.removed_snapshots {
+        println!("merged away snapshot {n}");
+    }
+    println!(
+        "{} layer(s) folded; {} copied, {} taken over by reference",
+        r.layers_folded,
+        human(r.bytes_copied),
+        human(r.bytes_referenced)
+    );
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    Ok(())
+}
+
+/// Open for writing, or `None` when another process holds the writer lock.
+fn writer(path: &std::path::Path) -> Result<Option<Disk>> {
+    match Disk::open(crate::open::store(path)?) {
+        Ok(d) => Ok(Some(d)),
+        Err(Error::Locked { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open {}", path.display())),
+    }
+}
+
+pub fn merge(a: MergeArgs) -> Result<ExitCode> {
+    let names: Vec<String>;
+    let report = match (&a.snapshot, &a.range) {
+        (Some(s), None) => {
+            names = vec![s.clone()];
+            match writer(&a.disk)? {
+                Some(d) => {
+                    let r = d
+                        .merge_snapshots(&names)
+                        .with_context(|| format!("cannot merge {s:?}"))?;
+                    d.close()?;
+                    r
+                }
+                None => merge_offline(crate::open::store(&a.disk)?.as_ref(), &names)
+                    .with_context(|| format!("cannot merge {s:?} beside the running writer"))?,
+            }
+        }
+        (None, Some(range)) => {
+            let Some((older, newer)) = range.split_once("..") else {
+                bail!("--range takes OLDER..NEWER (snapshot names)");
+            };
+            let d = writer(&a.disk)?.context(
+                "the disk is open for writing by another process; stop it to merge a range",
+            )?;
+            let r = d
+                .merge_range(older, newer)
+                .with_context(|| format!("cannot merge {range}"))?;
+            d.close()?;
+            r
+        }
+        _ => bail!("name a snapshot, or --range OLDER..NEWER"),
+    };
+    print_merge(&report, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn commit(a: CommitArgs) -> Result<ExitCode> {
+    let d = writer(&a.disk)?.context("the disk is open for writing by another process")?;
+    let r = d.commit().context("cannot commit")?;
+    d.close()?;
+    print_merge(&r, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_compact(r: &CompactReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    for l in &r.layers {
+        println!(
+            "layer {}: {} -> {} ({} clusters compressed)",
+            l.id.short(),
+            human(l.old_bytes),
+            human(l.new_bytes),
+            l.compressed_clusters
+        );
+    }
+    if r.layers.is_empty() {
+        println!("nothing to compact");
+    }
+    let reclaimed = r.bytes_reclaimed;
+    if reclaimed >= 0 {
+        println!("reclaimed {}", human(reclaimed as u64));
+    } else {
+        println!("grew by {}", human(reclaimed.unsigned_abs()));
+    }
+    Ok(())
+}
+
+pub fn compact(a: CompactArgs) -> Result<ExitCode> {
+    let layer = a
+        .layer
+        .as_deref()
+        .map(|s| {
+            s.parse::<Id>()
+                .map_err(|e| anyhow::anyhow!("--layer {s:?}: {e}"))
+        })
+        .transpose()?;
+    let opts = CompactOptions {
+        layer,
+        compress: a.compress,
+    };
+    let r = match writer(&a.disk)? {
+        Some(d) => {
+            let r = d.compact(&opts).context("cannot compact")?;
+            d.close()?;
+            r
+        }
+        None => {
+            vdisk_engine::compact::compact(crate::open::store(&a.disk)?.as_ref(), &opts)
+                .context("cannot compact beside the running writer")?
+                .0
+        }
+    };
+    print_compact(&r, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn policy(c: PolicyCommand) -> Result<ExitCode> {
+    match c {
+        PolicyCommand::Set {
+            disk,
+            keep_last,
+            max_chain,
+            hourly,
+            daily,
+        } => {
+            if keep_last.is_none() && max_chain.is_none() && hourly.is_none() && daily.is_none() {
+                bail!("give at least one of --keep-last, --max-chain, --hourly, --daily");
+            }
+            if max_chain == Some(0) {
+                bail!("--max-chain must be at least 1 (the head's own layer)");
+            }
+            let d = writer(&disk)?.context("the disk is open for writing by another process")?;
+            d.set_policy(Some(Policy {
+                keep_last,
+                max_chain,
+                hourly,
+                daily,
+            }))?;
+            d.close()?;
+        }
+        PolicyCommand::Clear { disk } => {
+            let d = writer(&disk)?.context("the disk is open for writing by another process")?;
+            d.set_policy(None)?;
+            d.close()?;
+        }
+        PolicyCommand::Show { disk, json } => {
+            let v = crate::open::view(&disk, None)?;
+            let p = v.manifest().policy.clone();
+            if json {
+                print_json(&p)?;
+            } else if let Some(p) = p {
+                let f = |x: Option<u32>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                println!(
+                    "keep-last {}  max-chain {}  hourly {}  daily {}",
+                    f(p.keep_last),
+                    f(p.max_chain),
+                    f(p.hourly),
+                    f(p.daily)
+                );
+            } else {
+                println!("no retention policy");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn maintain(a: MaintainArgs) -> Result<ExitCode> {
+    let d = writer(&a.disk)?.context("the disk is open for writing by another process")?;
+    let r = d
+        .maintain(a.dry_run)
+        .context("cannot apply the retention policy")?;
+    d.close()?;
+    if a.json {
+        print_json(&r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (n, why) in &r.kept {
+        println!("keep   {n:<24} {why}");
+    }
+    for n in &r.removed {
+        println!("{} {n}", if a.dry_run { "would merge" } else { "merged" });
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    println!("chain depth {} -> {}", r.chain_before, r.chain_after);
+    Ok(ExitCode::SUCCESS)
+}
