@@ -53,6 +53,23 @@ enum Command {
     /// OVF/OVA packages: export a bundle or VM folder, import, inspect.
     #[command(subcommand)]
     Ovf(cmd::ovf::Command),
+    /// Delete a snapshot by folding its layer into its neighbour; --range collapses a run.
+    Merge(cmd::lifecycle::MergeArgs),
+    /// Fold the head's parent layer into the head (like `qemu-img commit`).
+    Commit(cmd::lifecycle::CommitArgs),
+    /// Rewrite sealed layers without dead space, optionally zstd-compressed.
+    Compact(cmd::lifecycle::CompactArgs),
+    /// Set, show or clear the retention policy.
+    #[command(subcommand)]
+    Policy(cmd::lifecycle::PolicyCommand),
+    /// Apply the retention policy: merge away the snapshots it does not keep.
+    Maintain(cmd::lifecycle::MaintainArgs),
+    /// List the extents that differ between two snapshots (or a snapshot and the head).
+    Diff(cmd::diff::DiffArgs),
+    /// Write a delta stream (the changes FROM..TO with their data), checksummed and compressed.
+    ExportDiff(cmd::diff::ExportArgs),
+    /// Apply a delta stream: verifies it, then creates its snapshot with the same id.
+    ImportDiff(cmd::diff::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +88,14 @@ fn main() -> ExitCode {
         Command::Umount(a) => cmd::mount::umount(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Ovf(c) => cmd::ovf::run(c),
+        Command::Merge(a) => cmd::lifecycle::merge(a),
+        Command::Commit(a) => cmd::lifecycle::commit(a),
+        Command::Compact(a) => cmd::lifecycle::compact(a),
+        Command::Policy(c) => cmd::lifecycle::policy(c),
+        Command::Maintain(a) => cmd::lifecycle::maintain(a),
+        Command::Diff(a) => cmd::diff::diff(a),
+        Command::ExportDiff(a) => cmd::diff::export(a),
+        Command::ImportDiff(a) => cmd::diff::import(a),
     };
     match result {
         Ok(code) => code,

@@ -3,8 +3,10 @@
 pub mod check;
 pub mod convert;
 pub mod create;
+pub mod diff;
 pub mod info;
 pub mod io;
+pub mod lifecycle;
 pub mod map;
 pub mod mount;
 pub mod ovf;
