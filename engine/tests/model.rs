@@ -30,6 +30,8 @@ enum Op {
     Merge(u8),
     MergeRange(u8, u8),
     Commit,
+    Compact(bool),
+    Replicate(u8, u8),
     /// Power loss after `n` more syncs (or at once when the next op has fewer), with a seed
     /// choosing which unsynced writes survive.
     Crash {
@@ -53,6 +55,8 @@ fn op(size: u64) -> impl Strategy<Value = Op> {
         2 => (0u8..6).prop_map(Op::Merge),
         1 => (0u8..6, 0u8..6).prop_map(|(a, b)| Op::MergeRange(a, b)),
         1 => Just(Op::Commit),
+        1 => any::<bool>().prop_map(Op::Compact),
+        1 => (0u8..6, 0u8..6).prop_map(|(a, b)| Op::Replicate(a, b)),
         2 => (0u8..6, any::<u64>()).prop_map(|(after_syncs, seed)| Op::Crash { after_syncs, seed }),
     ]
 }
@@ -252,6 +256,34 @@ fn run(ops: Vec<Op>, cluster: u64, sub: u64) {
                     m.flushed();
                 }
             }
+            Op::Compact(z) => {
+                let opts = vdisk_engine::compact::CompactOptions {
+                    layer: None,
+                    compress: z.then_some(1),
+                };
+                d.compact(&opts).unwrap();
+                m.flushed();
+            }
+            Op::Replicate(a, b) => {
+                // full stream of a, then a..b, into a fresh bundle: same bytes
+                let (a, b) = (name(a), name(b));
+                if m.snaps.contains_key(&a) && m.snaps.contains_key(&b) && a != b {
+                    let dst = MemStore::new();
+                    let e = Disk::create(Arc::new(dst.clone()), &opts).unwrap();
+                    let mut full = Vec::new();
+                    vdisk_engine::stream::export_diff(&store, None, &a, &mut full, 1).unwrap();
+                    e.import_diff(&mut full.as_slice()).unwrap();
+                    let mut inc = Vec::new();
+                    vdisk_engine::stream::export_diff(&store, Some(&a), &b, &mut inc, 1).unwrap();
+                    e.import_diff(&mut inc.as_slice()).unwrap();
+                    for n in [&a, &b] {
+                        assert!(
+                            view_all(&dst, Target::Snapshot(n.clone()), size) == m.snaps[n],
+                            "replica of {n}"
+                        );
+                    }
+                }
+            }
             Op::Reopen => {
                 disk.take().unwrap().close().unwrap();
                 m.flushed();
@@ -275,7 +307,16 @@ fn run(ops: Vec<Op>, cluster: u64, sub: u64) {
                     (Ok(_), None) => d.flush(),
                     _ => Err(vdisk_engine::Error::ReadOnly("skipped")),
                 };
-                let _ = r3;
+                let r4 = match r3 {
+                    Ok(()) => d
+                        .compact(&vdisk_engine::compact::CompactOptions {
+                            layer: None,
+                            compress: Some(1),
+                        })
+                        .map(|_| ()),
+                    e => e,
+                };
+                let _ = r4;
                 std::mem::forget(disk.take());
                 store.crash(CrashMode::Random(seed));
                 let d2 = Disk::open(s.clone()).expect("open after crash");
