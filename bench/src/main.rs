@@ -7,6 +7,7 @@
 
 mod engine_runs;
 mod fuse_runs;
+mod lifecycle_runs;
 mod nbd_runs;
 mod qemu;
 mod report;
@@ -26,8 +27,8 @@ pub struct Opts {
     /// Smaller sizes and counts (about a minute); the default takes a few minutes.
     #[arg(long)]
     pub quick: bool,
-    /// Run only the groups whose name contains this (read, write, seq, snapshot, open, vmdk,
-    /// nbd, fuse).
+    /// Run only the groups whose name contains this (read, write, seq, snapshot, open, merge,
+    /// diff, stream, vmdk, nbd, fuse).
     #[arg(long)]
     pub only: Option<String>,
     /// Write the results as JSON here.
@@ -82,6 +83,15 @@ fn main() -> Result<()> {
     }
     if opts.wants("open") {
         engine_runs::deep_chain(&opts, &qemu, &mut rep)?;
+    }
+    if opts.wants("merge") {
+        lifecycle_runs::merge(&opts, &qemu, &fixture, &mut rep)?;
+    }
+    if opts.wants("diff") {
+        lifecycle_runs::diff_large(&opts, &mut rep)?;
+    }
+    if opts.wants("stream") {
+        lifecycle_runs::streams(&opts, &qemu, &fixture, &mut rep)?;
     }
     if opts.wants("vmdk") {
         vmdk_runs::stream_export(&opts, &qemu, &fixture, &mut rep)?;
