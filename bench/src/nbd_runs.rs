@@ -15,6 +15,8 @@ use anyhow::Result;
 const QUEUE_4K: u32 = 16;
 const QUEUE_1M: u32 = 4;
 const ROUNDS: usize = 3;
+/// Passes over the image per sequential measurement (one is over in a tenth of a second).
+const SEQ_LAPS: u64 = 4;
 
 /// Chain depths measured (indices into the fixture's depths 1, 16, 64).
 const CHAINS: [(usize, usize); 2] = [(0, 1), (1, 16)];
@@ -26,7 +28,7 @@ pub fn nbd(opts: &Opts, fx: &Fixture, rep: &mut Report) -> Result<()> {
     }
     let n = opts.ops();
     let mib = 1u64 << 20;
-    let seq_count = fx.size / mib;
+    let seq_count = SEQ_LAPS * fx.size / mib;
     for (i, depth) in CHAINS {
         let (mut v4, mut q4, mut v1, mut q1) = (vec![], vec![], vec![], vec![]);
         for _ in 0..ROUNDS {
