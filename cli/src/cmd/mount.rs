@@ -70,7 +70,13 @@ impl Mounted {
         let path = std::path::absolute(&a.disk)
             .with_context(|| format!("{}: cannot resolve", a.disk.display()))?;
         let (bundle, writer, control): (Arc<dyn Bundle>, _, _) = if a.read_write {
-            let disk = crate::open::disk(&path)?;
+            let disk = crate::open::disk(&path).map_err(|e| {
+                if crate::control::client::is_locked(&e) {
+                    e.context("another process writes this disk; mount it without --read-write")
+                } else {
+                    e
+                }
+            })?;
             let w = Writer::new(disk, &path, "mount");
             let c = ControlServer::start(&crate::control::socket_path(&path), Arc::clone(&w))?;
             (Arc::clone(&w) as Arc<dyn Bundle>, Some(w), Some(c))

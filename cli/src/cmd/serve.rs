@@ -79,7 +79,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let r: Arc<dyn Bundle> = Reader::open(&path, None)?;
         (NbdProvider::new(r, a.export_snapshots), None, None)
     } else {
-        let disk = crate::open::disk(&path)?;
+        let disk = crate::open::disk(&path).map_err(|e| {
+            if crate::control::client::is_locked(&e) {
+                e.context("another process writes this disk; serve it with --read-only")
+            } else {
+                e
+            }
+        })?;
         let w = Writer::new(disk, &path, "serve");
         let c = ControlServer::start(&crate::control::socket_path(&path), Arc::clone(&w))?;
         let p = NbdProvider::new(Arc::clone(&w) as Arc<dyn Bundle>, a.export_snapshots)
