@@ -82,6 +82,10 @@ pub fn lookup(name: &str) -> Option<Op> {
         "snapshot_rename" => snapshot_rename,
         "snapshot_pin" => snapshot_pin,
         "snapshot_unpin" => snapshot_unpin,
+        "merge" => merge,
+        "merge_range" => merge_range,
+        "commit" => commit,
+        "compact" => compact,
         _ => return None,
     })
 }
@@ -98,6 +102,10 @@ pub const OPS: &[&str] = &[
     "snapshot_rename",
     "snapshot_pin",
     "snapshot_unpin",
+    "merge",
+    "merge_range",
+    "commit",
+    "compact",
 ];
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -172,6 +180,63 @@ fn snapshot_pin(cx: &Cx) -> OpResult {
 
 fn snapshot_unpin(cx: &Cx) -> OpResult {
     pin(cx, false)
+}
+
+fn merge(cx: &Cx) -> OpResult {
+    let names: Vec<String> = match cx.args.get("names") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| OpError::bad_request("\"names\" must be an array of strings"))?,
+        Some(_) => {
+            return Err(OpError::bad_request(
+                "\"names\" must be an array of strings",
+            ))
+        }
+        None => vec![cx.str_arg("name")?.to_string()],
+    };
+    let r = cx.writer.disk().merge_snapshots(&names);
+    cx.writer.refresh();
+    Ok(obj(json!({ "report": r? })))
+}
+
+fn merge_range(cx: &Cx) -> OpResult {
+    let r = cx
+        .writer
+        .disk()
+        .merge_range(cx.str_arg("older")?, cx.str_arg("newer")?);
+    cx.writer.refresh();
+    Ok(obj(json!({ "report": r? })))
+}
+
+fn commit(cx: &Cx) -> OpResult {
+    let r = cx.writer.disk().commit();
+    cx.writer.refresh();
+    Ok(obj(json!({ "report": r? })))
+}
+
+fn compact(cx: &Cx) -> OpResult {
+    let layer = match cx.args.get("layer") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            s.parse::<vdisk_engine::Id>()
+                .map_err(|_| OpError::bad_request(format!("\"layer\": bad layer id {s:?}")))?,
+        ),
+        Some(_) => return Err(OpError::bad_request("\"layer\" must be a string")),
+    };
+    let compress = match cx.args.get("compress") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| OpError::bad_request("\"compress\" must be a zstd level"))?,
+        ),
+    };
+    let opts = vdisk_engine::compact::CompactOptions { layer, compress };
+    let r = cx.writer.disk().compact(&opts);
+    cx.writer.refresh();
+    Ok(obj(json!({ "report": r? })))
 }
 
 /// Answers one request line: parses, dispatches, and builds the response object.
@@ -259,6 +324,33 @@ mod tests {
         assert_eq!(r["ok"], true, "{r}");
         let r = ask(&w, r#"{"op":"snapshot_delete","name":"b"}"#);
         assert_eq!(r["ok"], true, "{r}");
+        for n in ["m1", "m2"] {
+            let req = format!(r#"{{"op":"snapshot_create","name":"{n}"}}"#);
+            assert_eq!(ask(&w, &req)["ok"], true);
+        }
+        let r = ask(&w, r#"{"op":"merge","names":["m1"]}"#);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["report"]["removed_snapshots"], json!(["m1"]), "{r}");
+        assert_eq!(
+            ask(&w, r#"{"op":"merge","names":[1]}"#)["code"],
+            "bad_request"
+        );
+        let r = ask(&w, r#"{"op":"commit"}"#);
+        assert_eq!(r["ok"], true, "{r}");
+        let r = ask(&w, r#"{"op":"compact"}"#);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(
+            ask(&w, r#"{"op":"compact","layer":"xyz"}"#)["code"],
+            "bad_request"
+        );
+        let r = ask(&w, r#"{"op":"snapshot_list"}"#);
+        let left: Vec<&str> = r["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert!(!left.contains(&"m1"), "{r}");
         let r = ask(&w, r#"{"op":"info"}"#);
         assert_eq!(r["info"]["snapshots"], json!([]));
         assert_eq!(ask(&w, r#"{"op":"flush"}"#)["ok"], true);
@@ -270,7 +362,8 @@ mod tests {
             (r#"{"op":"snapshot_create"}"#, "bad_request"),
             (r#"{"op":"snapshot_create","name":3}"#, "bad_request"),
             (r#"{"op":"snapshot_create","name":""}"#, "invalid"),
-            (r#"{"op":"merge"}"#, "unknown_op"),
+            (r#"{"op":"defragment"}"#, "unknown_op"),
+            (r#"{"op":"merge"}"#, "bad_request"),
         ] {
             let r = ask(&w, bad);
             assert_eq!(r["ok"], false, "{bad}");
