@@ -317,20 +317,33 @@ impl Manifest {
     /// Encode envelope + payload.
     pub fn encode(&self) -> Vec<u8> {
         let payload = serde_json::to_vec_pretty(self).unwrap_or_default();
-        let mut b = vec![0u8; HEADER_LEN];
-        b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        b[16..24].copy_from_slice(&self.generation.to_le_bytes());
-        b[24..28].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        b[28..32].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        let hcrc = crc32fast::hash(&b[0..32]);
-        b[32..36].copy_from_slice(&hcrc.to_le_bytes());
-        b.extend_from_slice(&payload);
-        b
+        wrap_payload(self.generation, &payload)
     }
 
     /// Decode and validate.
     pub fn decode(b: &[u8]) -> Result<Manifest, FieldError> {
+        Self::decode_inner(b)
+    }
+}
+
+/// Put a payload into a correct envelope (tests and fuzzing reach the JSON checks with it).
+pub fn wrap_payload(generation: u64, payload: &[u8]) -> Vec<u8> {
+    {
+        let mut b = vec![0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&generation.to_le_bytes());
+        b[24..28].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        b[28..32].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        let hcrc = crc32fast::hash(&b[0..32]);
+        b[32..36].copy_from_slice(&hcrc.to_le_bytes());
+        b.extend_from_slice(payload);
+        b
+    }
+}
+
+impl Manifest {
+    fn decode_inner(b: &[u8]) -> Result<Manifest, FieldError> {
         if b.len() < HEADER_LEN {
             return Err(FieldError::new(
                 "length",
