@@ -24,7 +24,7 @@ pub struct CompactOptions {
 }
 
 /// One rewritten layer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CompactedLayer {
     /// Layer id.
     pub id: Id,
@@ -41,7 +41,7 @@ pub struct CompactedLayer {
 }
 
 /// What compaction did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct CompactReport {
     /// Rewritten layers.
     pub layers: Vec<CompactedLayer>,

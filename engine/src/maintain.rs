@@ -12,7 +12,7 @@ const HOUR_NS: u64 = 3_600_000_000_000;
 const DAY_NS: u64 = 24 * HOUR_NS;
 
 /// What `maintain` decided and did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct MaintainReport {
     /// The policy applied.
     pub policy: Option<Policy>,

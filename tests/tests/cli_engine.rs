@@ -152,22 +152,26 @@ fn user_errors_are_clear_and_do_not_panic() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&[5u8; 4096]).unwrap();
-    // wait until the writer holds the lock
-    let mut locked = false;
-    for _ in 0..100 {
-        let o = vdisk(&["snapshot", "create", ds, "t"]);
-        if !o.status.success()
-            && String::from_utf8_lossy(&o.stderr).contains("locked by another writer")
-        {
-            locked = true;
+    // wait until the writer holds the lock (a shared flock fails while it is held)
+    let lock = fs::File::open(d.join("lock")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    let mut held = false;
+    for _ in 0..500 {
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(fd, libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+            held = true;
             break;
         }
-        let _ = vdisk(&["snapshot", "delete", ds, "t"]);
-        std::thread::sleep(Duration::from_millis(20));
+        // SAFETY: as above; releases the shared lock just taken.
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+        std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(held, "the writer never took the lock");
+    // `vdisk write` has no control socket: a second writer is refused with a clear message.
+    let err = vdisk_err(&["snapshot", "create", ds, "t"]);
+    assert!(err.contains("locked by another writer"), "{err}");
     drop(stdin);
     assert!(child.wait().unwrap().success());
-    assert!(locked, "a second writer was not refused");
 }
 
 #[test]

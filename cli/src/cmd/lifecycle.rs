@@ -2,14 +2,16 @@
 //! keeping chains short and files small.
 
 use super::print_json;
+use crate::control::client::WriterAccess;
 use crate::size::human;
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk_engine::compact::{CompactOptions, CompactReport};
 use vdisk_engine::format::manifest::Policy;
-use vdisk_engine::merge::{merge_offline, MergeReport};
-use vdisk_engine::{Disk, Error, Id};
+use vdisk_engine::merge::MergeReport;
+use vdisk_engine::{Disk, Id};
 
 #[derive(clap::Args)]
 pub struct MergeArgs {
@@ -115,44 +117,58 @@ fn print_merge(r: &MergeReport, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Open for writing, or `None` when another process holds the writer lock.
-fn writer(path: &std::path::Path) -> Result<Option<Disk>> {
-    match Disk::open(crate::open::store(path)?) {
-        Ok(d) => Ok(Some(d)),
-        Err(Error::Locked { .. }) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot open {}", path.display())),
+/// Carry out `op` here when the bundle is free, or through the control socket of the writer
+/// holding it (`vdisk mount --read-write`, `vdisk serve`), returning the report either way.
+fn run_op<T: serde::Serialize + serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    op: &str,
+    args: serde_json::Value,
+    what: &str,
+    local: impl FnOnce(&Disk) -> vdisk_engine::Result<T>,
+) -> Result<T> {
+    match WriterAccess::open(path)? {
+        WriterAccess::Local(d) => {
+            let r = local(&d).with_context(|| what.to_string())?;
+            d.close()?;
+            Ok(r)
+        }
+        WriterAccess::Remote(r) => {
+            let args = match args {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            let mut resp = r.call(op, args).with_context(|| what.to_string())?;
+            let report = resp.remove("report").unwrap_or(serde_json::Value::Null);
+            serde_json::from_value(report)
+                .with_context(|| format!("{what}: unexpected answer from the writer"))
+        }
     }
 }
 
 pub fn merge(a: MergeArgs) -> Result<ExitCode> {
-    let names: Vec<String>;
     let report = match (&a.snapshot, &a.range) {
         (Some(s), None) => {
-            names = vec![s.clone()];
-            match writer(&a.disk)? {
-                Some(d) => {
-                    let r = d
-                        .merge_snapshots(&names)
-                        .with_context(|| format!("cannot merge {s:?}"))?;
-                    d.close()?;
-                    r
-                }
-                None => merge_offline(crate::open::store(&a.disk)?.as_ref(), &names)
-                    .with_context(|| format!("cannot merge {s:?} beside the running writer"))?,
-            }
+            let names = vec![s.clone()];
+            run_op(
+                &a.disk,
+                "merge",
+                json!({ "names": names }),
+                &format!("cannot merge {s:?}"),
+                |d| d.merge_snapshots(&names),
+            )?
         }
         (None, Some(range)) => {
             let Some((older, newer)) = range.split_once("..") else {
                 bail!("--range takes OLDER..NEWER (snapshot names)");
             };
-            let d = writer(&a.disk)?.context(
-                "the disk is open for writing by another process; stop it to merge a range",
-            )?;
-            let r = d
-                .merge_range(older, newer)
-                .with_context(|| format!("cannot merge {range}"))?;
-            d.close()?;
-            r
+            let args = json!({ "older": older, "newer": newer });
+            run_op(
+                &a.disk,
+                "merge_range",
+                args,
+                &format!("cannot merge {range}"),
+                |d| d.merge_range(older, newer),
+            )?
         }
         _ => bail!("name a snapshot, or --range OLDER..NEWER"),
     };
@@ -161,9 +177,9 @@ pub fn merge(a: MergeArgs) -> Result<ExitCode> {
 }
 
 pub fn commit(a: CommitArgs) -> Result<ExitCode> {
-    let d = writer(&a.disk)?.context("the disk is open for writing by another process")?;
-    let r = d.commit().context("cannot commit")?;
-    d.close()?;
+    let r = run_op(&a.disk, "commit", json!({}), "cannot commit", |d| {
+        d.commit()
+    })?;
     print_merge(&r, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -206,18 +222,10 @@ pub fn compact(a: CompactArgs) -> Result<ExitCode> {
         layer,
         compress: a.compress,
     };
-    let r = match writer(&a.disk)? {
-        Some(d) => {
-            let r = d.compact(&opts).context("cannot compact")?;
-            d.close()?;
-            r
-        }
-        None => {
-            vdisk_engine::compact::compact(crate::open::store(&a.disk)?.as_ref(), &opts)
-                .context("cannot compact beside the running writer")?
-                .0
-        }
-    };
+    let args = json!({ "layer": a.layer, "compress": a.compress });
+    let r = run_op(&a.disk, "compact", args, "cannot compact", |d| {
+        d.compact(&opts)
+    })?;
     print_compact(&r, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -237,19 +245,25 @@ pub fn policy(c: PolicyCommand) -> Result<ExitCode> {
             if max_chain == Some(0) {
                 bail!("--max-chain must be at least 1 (the head's own layer)");
             }
-            let d = writer(&disk)?.context("the disk is open for writing by another process")?;
-            d.set_policy(Some(Policy {
+            let p = Policy {
                 keep_last,
                 max_chain,
                 hourly,
                 daily,
-            }))?;
-            d.close()?;
+            };
+            let args = json!({ "policy": p.clone() });
+            run_op(&disk, "policy_set", args, "cannot set the policy", |d| {
+                d.set_policy(Some(p))
+            })?;
         }
         PolicyCommand::Clear { disk } => {
-            let d = writer(&disk)?.context("the disk is open for writing by another process")?;
-            d.set_policy(None)?;
-            d.close()?;
+            run_op(
+                &disk,
+                "policy_set",
+                json!({ "policy": null }),
+                "cannot clear the policy",
+                |d| d.set_policy(None),
+            )?;
         }
         PolicyCommand::Show { disk, json } => {
             let v = crate::open::view(&disk, None)?;
@@ -274,11 +288,14 @@ pub fn policy(c: PolicyCommand) -> Result<ExitCode> {
 }
 
 pub fn maintain(a: MaintainArgs) -> Result<ExitCode> {
-    let d = writer(&a.disk)?.context("the disk is open for writing by another process")?;
-    let r = d
-        .maintain(a.dry_run)
-        .context("cannot apply the retention policy")?;
-    d.close()?;
+    let args = json!({ "dry_run": a.dry_run });
+    let r = run_op(
+        &a.disk,
+        "maintain",
+        args,
+        "cannot apply the retention policy",
+        |d| d.maintain(a.dry_run),
+    )?;
     if a.json {
         print_json(&r)?;
         return Ok(ExitCode::SUCCESS);

@@ -86,6 +86,8 @@ pub fn lookup(name: &str) -> Option<Op> {
         "merge_range" => merge_range,
         "commit" => commit,
         "compact" => compact,
+        "maintain" => maintain,
+        "policy_set" => policy_set,
         _ => return None,
     })
 }
@@ -106,6 +108,8 @@ pub const OPS: &[&str] = &[
     "merge_range",
     "commit",
     "compact",
+    "maintain",
+    "policy_set",
 ];
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -375,4 +379,29 @@ mod tests {
         }
         w.close().unwrap();
     }
+}
+
+fn maintain(cx: &Cx) -> OpResult {
+    let dry_run = match cx.args.get("dry_run") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(OpError::bad_request("\"dry_run\" must be a boolean")),
+    };
+    let r = cx.writer.disk().maintain(dry_run);
+    cx.writer.refresh();
+    Ok(obj(json!({ "report": r? })))
+}
+
+fn policy_set(cx: &Cx) -> OpResult {
+    let policy: Option<vdisk_engine::format::manifest::Policy> = match cx.args.get("policy") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value(v.clone())
+                .map_err(|e| OpError::bad_request(format!("\"policy\": {e}")))?,
+        ),
+    };
+    let r = cx.writer.disk().set_policy(policy);
+    cx.writer.refresh();
+    r?;
+    Ok(Map::new())
 }
