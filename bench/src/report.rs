@@ -53,6 +53,7 @@ impl Report {
     }
 
     /// A throughput-like figure (higher is better).
+    #[allow(clippy::too_many_arguments)]
     pub fn higher(
         &mut self,
         what: &str,
@@ -77,6 +78,7 @@ impl Report {
     }
 
     /// A latency-like figure (lower is better).
+    #[allow(clippy::too_many_arguments)]
     pub fn lower(
         &mut self,
         what: &str,

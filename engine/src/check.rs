@@ -57,7 +57,7 @@ impl CheckReport {
         });
     }
 
-    fn from_error(&mut self, object: &str, e: Error) {
+    fn record_error(&mut self, object: &str, e: Error) {
         match e {
             Error::Format {
                 object,
@@ -90,7 +90,7 @@ pub fn check(store: &dyn Store) -> CheckReport {
     let m = match read_manifest(store) {
         Ok(m) => m,
         Err(e) => {
-            r.from_error("manifest", e);
+            r.record_error("manifest", e);
             return r;
         }
     };
@@ -141,11 +141,11 @@ fn check_layer(
     let name = rec.file.as_str();
     let obj = match open(store, name) {
         Ok(o) => o,
-        Err(e) => return r.from_error(name, e),
+        Err(e) => return r.record_error(name, e),
     };
     let (h, _, _, len) = match read_header(&obj) {
         Ok(x) => x,
-        Err(e) => return r.from_error(name, e),
+        Err(e) => return r.record_error(name, e),
     };
     note_slots(&obj, &h, name, r);
     if h.layer_id != rec.id {
@@ -178,7 +178,7 @@ fn check_layer(
     }
     let externs = match read_externs(&obj, &h) {
         Ok(x) => x,
-        Err(e) => return r.from_error(name, e),
+        Err(e) => return r.record_error(name, e),
     };
     if let Some(missing) = externs.iter().find(|n| !rec.externs.contains(n)) {
         r.problem(
@@ -195,12 +195,12 @@ fn check_layer(
     for x in &externs {
         match open(store, x) {
             Ok(o) => files.push(o),
-            Err(e) => return r.from_error(name, e),
+            Err(e) => return r.record_error(name, e),
         }
     }
     let mut entries = match read_map(&obj, &h) {
         Ok(e) => e,
-        Err(e) => return r.from_error(name, e),
+        Err(e) => return r.record_error(name, e),
     };
     if is_active {
         match replay_journal(store, name, &h) {
@@ -221,14 +221,14 @@ fn check_layer(
                     entries = map.into_values().collect();
                 }
             }
-            Err(e) => r.from_error(&journal_name(name), e),
+            Err(e) => r.record_error(&journal_name(name), e),
         }
     }
     let lens: Vec<u64> = files.iter().map(|f| f.len().unwrap_or(0)).collect();
     let mut bounds_ok = true;
     for e in &entries {
         if let Err(err) = check_entry_bounds(e, g, &lens, name) {
-            r.from_error(name, err);
+            r.record_error(name, err);
             bounds_ok = false;
         }
     }
@@ -274,7 +274,7 @@ fn check_layer(
         };
         let stored = match layer.read_hashes() {
             Ok(x) => x,
-            Err(e) => return r.from_error(name, e),
+            Err(e) => return r.record_error(name, e),
         };
         match hash_entries(&files, &entries, g) {
             Ok(computed) => {
@@ -295,7 +295,7 @@ fn check_layer(
                     }
                 }
             }
-            Err(e) => r.from_error(name, e),
+            Err(e) => r.record_error(name, e),
         }
     }
 }

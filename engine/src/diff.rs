@@ -147,12 +147,11 @@ impl Side {
     }
 }
 
-/// Open the sides of a diff. Returns (geometry, manifest, from side, to side, candidates).
-pub(crate) fn prepare(
-    store: &dyn Store,
-    from: &Point,
-    to: &Point,
-) -> Result<(Geometry, Manifest, Side, Side, BTreeMap<u64, u32>)> {
+/// The opened sides of a diff: geometry, manifest, FROM, TO, candidate clusters with masks.
+pub(crate) type Prepared = (Geometry, Manifest, Side, Side, BTreeMap<u64, u32>);
+
+/// Open the sides of a diff.
+pub(crate) fn prepare(store: &dyn Store, from: &Point, to: &Point) -> Result<Prepared> {
     let m = read_manifest(store)?;
     let g = Geometry::from_sizes(m.virtual_size, m.cluster_size, m.subcluster_size)
         .map_err(|e| e.in_object("manifest"))?;

@@ -298,13 +298,10 @@ pub fn merge_offline(store: &dyn Store, names: &[String]) -> Result<MergeReport>
         Ok(())
     })?;
     report.removed_snapshots = names.to_vec();
-    loop {
-        let Some(layer) = anonymous_layers(&m)
-            .into_iter()
-            .find(|l| !matches!(plan(&m, *l), Plan::FoldIntoActive { .. }))
-        else {
-            break;
-        };
+    while let Some(layer) = anonymous_layers(&m)
+        .into_iter()
+        .find(|l| !matches!(plan(&m, *l), Plan::FoldIntoActive { .. }))
+    {
         match plan(&m, layer) {
             Plan::FoldIntoSealed { layer, child } => {
                 m = fold_pair_locked(store, &m, layer, child, &mut report)?

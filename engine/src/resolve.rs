@@ -220,8 +220,11 @@ pub struct Chain {
 /// not decompress it again and again.
 #[derive(Debug, Default)]
 pub(crate) struct DecompCache {
-    slots: std::sync::Mutex<std::collections::VecDeque<((u32, u16, u64), Arc<Vec<u8>>)>>,
+    slots: std::sync::Mutex<std::collections::VecDeque<(DecompKey, Arc<Vec<u8>>)>>,
 }
+
+/// (layer index, file index, data offset) of a compressed cluster.
+type DecompKey = (u32, u16, u64);
 
 /// Clusters kept decompressed per chain.
 const DECOMP_SLOTS: usize = 16;

@@ -5,6 +5,9 @@ use vdisk_engine::format::header::LayerHeader;
 use vdisk_engine::format::manifest::Manifest;
 use vdisk_engine::{check, CreateOptions, Disk, Error, MemStore, Store, Target, View};
 
+/// A named change to a decoded structure.
+type Mutation<T> = Box<dyn Fn(&mut T)>;
+
 /// A bundle with two snapshots and a head, in memory.
 fn sample() -> MemStore {
     let store = MemStore::new();
@@ -193,7 +196,7 @@ fn hostile_header_fields_are_refused() {
     )
     .unwrap();
     // Each mutation keeps the crc right, so only the field checks can refuse it.
-    let mutations: Vec<(&str, Box<dyn Fn(&mut LayerHeader)>)> = vec![
+    let mutations: Vec<(&str, Mutation<LayerHeader>)> = vec![
         ("map_entries", Box::new(|h| h.map_entries = u64::MAX / 32)),
         ("map_offset", Box::new(|h| h.map_offset = 1 << 60)),
         ("map_offset", Box::new(|h| h.map_offset = 4096)),
@@ -222,7 +225,7 @@ fn hostile_header_fields_are_refused() {
 fn hostile_manifest_is_refused() {
     let base = sample();
     let m = Manifest::decode(&base.read_manifest().unwrap().unwrap()).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+    let cases: Vec<(&str, Mutation<Manifest>)> = vec![
         ("virtual_size", Box::new(|m| m.virtual_size = u64::MAX)),
         ("cluster_size", Box::new(|m| m.cluster_size = 3 << 30)),
         (

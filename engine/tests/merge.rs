@@ -200,7 +200,7 @@ fn offline_merge_while_a_writer_writes_and_a_reader_reads() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 d.write_at(&pat(i as u8, 4096), 700_000 + (i % 50) * 4096)
                     .unwrap();
-                if i % 7 == 0 {
+                if i.is_multiple_of(7) {
                     d.flush().unwrap();
                 }
                 i += 1;

@@ -66,7 +66,7 @@ fn pattern(seed: u8, len: usize, off: u64) -> Vec<u8> {
     (0..len)
         .map(|i| {
             let x = (off as usize + i) as u64;
-            if seed % 5 == 0 && (x / 4096) % 3 == 0 {
+            if seed.is_multiple_of(5) && (x / 4096).is_multiple_of(3) {
                 0
             } else {
                 (x.wrapping_mul(31).wrapping_add(u64::from(seed) * 7) % 251 + 1) as u8

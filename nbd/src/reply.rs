@@ -100,7 +100,7 @@ mod tests {
     fn long_messages_are_cut_on_a_char_boundary() {
         let s = "é".repeat(3000);
         let t = truncate_str(&s, MAX_STRING_LEN);
-        assert!(t.len() <= MAX_STRING_LEN && t.len() % 2 == 0);
+        assert!(t.len() <= MAX_STRING_LEN && t.len().is_multiple_of(2));
         let mut out = Vec::new();
         error_chunk(&mut out, 1, Errno::Io, &s);
         assert_eq!(out.len(), 26 + t.len());

@@ -68,7 +68,7 @@ fn cerr(file: &str, detail: impl Into<String>) -> OvfError {
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

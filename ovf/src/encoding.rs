@@ -39,7 +39,7 @@ fn declared_encoding(text: &str) -> Option<String> {
 }
 
 fn decode_utf16(file: &str, bytes: &[u8], le: bool) -> Result<String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(enc_err(file, "UTF-16 document has an odd number of bytes"));
     }
     let units = bytes.chunks_exact(2).map(|c| {

@@ -135,7 +135,7 @@ pub fn scan(src: &dyn ReadAt, file: &str) -> Result<Vec<TarMember>> {
     let mut pending_size: Option<u64> = None;
     let mut headers = 0usize;
     loop {
-        if offset.checked_add(BLOCK).map_or(true, |e| e > total) {
+        if offset.checked_add(BLOCK).is_none_or(|e| e > total) {
             if offset == total && !members.is_empty() {
                 break; // tolerate a missing end-of-archive marker
             }

@@ -387,7 +387,7 @@ fn parse_extent_line(line: &str, access: Access) -> std::result::Result<ExtentLi
     let offset_sectors = offset.unwrap_or(0);
     if offset_sectors
         .checked_add(sectors)
-        .map_or(true, |e| e > (u64::MAX >> 9))
+        .is_none_or(|e| e > (u64::MAX >> 9))
     {
         return Err("extent offset + size overflows".into());
     }

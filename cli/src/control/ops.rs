@@ -283,6 +283,31 @@ pub fn error_response(e: &OpError) -> Value {
     json!({ "ok": false, "error": e.message, "code": e.code })
 }
 
+fn maintain(cx: &Cx) -> OpResult {
+    let dry_run = match cx.args.get("dry_run") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(OpError::bad_request("\"dry_run\" must be a boolean")),
+    };
+    let r = cx.writer.disk().maintain(dry_run);
+    cx.writer.refresh();
+    Ok(obj(json!({ "report": r? })))
+}
+
+fn policy_set(cx: &Cx) -> OpResult {
+    let policy: Option<vdisk_engine::format::manifest::Policy> = match cx.args.get("policy") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value(v.clone())
+                .map_err(|e| OpError::bad_request(format!("\"policy\": {e}")))?,
+        ),
+    };
+    let r = cx.writer.disk().set_policy(policy);
+    cx.writer.refresh();
+    r?;
+    Ok(Map::new())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,29 +404,4 @@ mod tests {
         }
         w.close().unwrap();
     }
-}
-
-fn maintain(cx: &Cx) -> OpResult {
-    let dry_run = match cx.args.get("dry_run") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(OpError::bad_request("\"dry_run\" must be a boolean")),
-    };
-    let r = cx.writer.disk().maintain(dry_run);
-    cx.writer.refresh();
-    Ok(obj(json!({ "report": r? })))
-}
-
-fn policy_set(cx: &Cx) -> OpResult {
-    let policy: Option<vdisk_engine::format::manifest::Policy> = match cx.args.get("policy") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            serde_json::from_value(v.clone())
-                .map_err(|e| OpError::bad_request(format!("\"policy\": {e}")))?,
-        ),
-    };
-    let r = cx.writer.disk().set_policy(policy);
-    cx.writer.refresh();
-    r?;
-    Ok(Map::new())
 }

@@ -26,7 +26,8 @@ impl Geometry {
         cluster_bits: u8,
         subcluster_bits: u8,
     ) -> Result<Self, FieldError> {
-        if virtual_size == 0 || virtual_size > MAX_VIRTUAL_SIZE || virtual_size % 512 != 0 {
+        if virtual_size == 0 || virtual_size > MAX_VIRTUAL_SIZE || !virtual_size.is_multiple_of(512)
+        {
             return Err(FieldError::new(
                 "virtual_size",
                 format!("{virtual_size} is not a non-zero multiple of 512 up to 1 PiB"),

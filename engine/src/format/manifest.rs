@@ -334,7 +334,7 @@ pub fn wrap_payload(generation: u64, payload: &[u8]) -> Vec<u8> {
         b[8..12].copy_from_slice(&VERSION.to_le_bytes());
         b[16..24].copy_from_slice(&generation.to_le_bytes());
         b[24..28].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        b[28..32].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        b[28..32].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
         let hcrc = crc32fast::hash(&b[0..32]);
         b[32..36].copy_from_slice(&hcrc.to_le_bytes());
         b.extend_from_slice(payload);

@@ -98,7 +98,7 @@ impl MapEntry {
                 "0 while alloc_mask is set",
             ));
         }
-        if e.data_offset != 0 && (e.data_offset % 512 != 0 || e.data_offset < 8192) {
+        if e.data_offset != 0 && (!e.data_offset.is_multiple_of(512) || e.data_offset < 8192) {
             return Err(FieldError::new(
                 f("data_offset"),
                 format!(
@@ -163,7 +163,7 @@ pub fn decode_map(
     geometry: &Geometry,
     externs: u32,
 ) -> Result<Vec<MapEntry>, FieldError> {
-    if b.len() % ENTRY_SIZE != 0 {
+    if !b.len().is_multiple_of(ENTRY_SIZE) {
         return Err(FieldError::new(
             "map region",
             "length is not a multiple of 32",

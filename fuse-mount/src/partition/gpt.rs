@@ -78,7 +78,8 @@ fn decode_header(block: &[u8], lba: u64, disk_blocks: u64) -> Result<GptHeader, 
     if h.num_entries > MAX_GPT_ENTRIES {
         return Err(field("num_partition_entries", u64::from(h.num_entries)));
     }
-    if h.entry_size < 128 || h.entry_size > MAX_GPT_ENTRY_SIZE || h.entry_size % 128 != 0 {
+    if h.entry_size < 128 || h.entry_size > MAX_GPT_ENTRY_SIZE || !h.entry_size.is_multiple_of(128)
+    {
         return Err(field("partition_entry_size", u64::from(h.entry_size)));
     }
     if h.entries_lba < 2 || h.entries_lba >= disk_blocks {

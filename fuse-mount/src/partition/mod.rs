@@ -143,7 +143,7 @@ pub enum PartitionError {
 fn read_bytes(dev: &dyn Device, offset: u64, len: usize) -> Result<Vec<u8>, PartitionError> {
     let mut buf = vec![0u8; len];
     let end = offset.checked_add(u64::try_from(len).unwrap_or(u64::MAX));
-    if end.map_or(true, |e| e > dev.size()) {
+    if end.is_none_or(|e| e > dev.size()) {
         return Err(PartitionError::Read {
             offset,
             source: io::Error::new(io::ErrorKind::UnexpectedEof, "past the end of the disk"),

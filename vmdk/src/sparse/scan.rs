@@ -44,7 +44,7 @@ pub fn scan_stream(
             .map_err(|e| VmdkError::io(name, format!("read marker at byte {pos}"), e))?;
         let m = Marker::decode(&buf);
         if m.size != 0 {
-            if m.val % header.grain_size != 0 || m.val >= header.capacity {
+            if !m.val.is_multiple_of(header.grain_size) || m.val >= header.capacity {
                 return Err(VmdkError::invalid(
                     name,
                     format!("grain marker at byte {pos}"),
