@@ -32,6 +32,27 @@ fn fill_random(buf: &mut [u8], seed: &mut u64) {
     }
 }
 
+/// A new bundle at `path` holding the first `size` bytes of the raw image `raw`.
+pub fn bundle_from_raw(path: &Path, raw: &Path, size: u64) -> Result<Disk> {
+    let d = fresh_bundle(path, size)?;
+    fill_from_raw(&d, raw, size)?;
+    Ok(d)
+}
+
+/// Write the first `size` bytes of `raw` into `d`, 4 MiB at a time.
+fn fill_from_raw(d: &Disk, raw: &Path, size: u64) -> Result<()> {
+    let f = File::open(raw)?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], off)?;
+        d.write_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
 fn local(path: &Path) -> Result<Arc<dyn Store>> {
     Ok(Arc::new(LocalStore::open(path)?))
 }
@@ -78,14 +99,7 @@ impl Fixture {
         for depth in DEPTHS {
             let b = opts.dir.join(format!("depth{depth}.vdisk"));
             let d = fresh_bundle(&b, size)?;
-            let f = File::open(&raw)?;
-            let mut buf = vec![0u8; 4 << 20];
-            let mut off = 0;
-            while off < size {
-                f.read_exact_at(&mut buf, off)?;
-                d.write_at(&buf, off)?;
-                off += buf.len() as u64;
-            }
+            fill_from_raw(&d, &raw, size)?;
             for i in 1..depth {
                 d.snapshot_create(&format!("s{i}"))?;
             }

@@ -1,13 +1,12 @@
 //! Snapshot lifecycle: merge vs `qemu-img commit`, diff on a large sparse disk, delta stream
 //! throughput.
 
-use crate::engine_runs::Fixture;
+use crate::engine_runs::{bundle_from_raw, Fixture};
 use crate::qemu::Qemu;
 use crate::report::Report;
 use crate::Opts;
 use anyhow::Result;
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,15 +37,7 @@ pub fn merge(opts: &Opts, q: &Qemu, fx: &Fixture, rep: &mut Report) -> Result<()
     let stride = (fx.size / 65536 / clusters).max(1);
     // vdisk
     let b = opts.dir.join("merge.vdisk");
-    let d = bundle(&b, fx.size)?;
-    let f = File::open(&fx.raw)?;
-    let mut buf = vec![0u8; 4 << 20];
-    let mut off = 0;
-    while off < fx.size {
-        f.read_exact_at(&mut buf, off)?;
-        d.write_at(&buf, off)?;
-        off += buf.len() as u64;
-    }
+    let d = bundle_from_raw(&b, &fx.raw, fx.size)?;
     d.snapshot_create("base")?;
     for i in 0..clusters {
         d.write_at(&cluster_pattern(i), i * stride * 65536)?;
@@ -161,15 +152,7 @@ pub fn diff_large(opts: &Opts, rep: &mut Report) -> Result<()> {
 /// Delta streams: a full export of the fixture's data and its import into a fresh bundle.
 pub fn streams(opts: &Opts, q: &Qemu, fx: &Fixture, rep: &mut Report) -> Result<()> {
     let b = opts.dir.join("stream-src.vdisk");
-    let d = bundle(&b, fx.size)?;
-    let f = File::open(&fx.raw)?;
-    let mut buf = vec![0u8; 4 << 20];
-    let mut off = 0;
-    while off < fx.size {
-        f.read_exact_at(&mut buf, off)?;
-        d.write_at(&buf, off)?;
-        off += buf.len() as u64;
-    }
+    let d = bundle_from_raw(&b, &fx.raw, fx.size)?;
     d.snapshot_create("s")?;
     d.close()?;
     let src = LocalStore::open(&b)?;

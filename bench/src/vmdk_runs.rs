@@ -94,7 +94,11 @@ impl Words {
             buf[pos..pos + n].copy_from_slice(&word[..n]);
             pos += n;
             if pos < buf.len() {
-                buf[pos] = if (r >> 32) % 12 == 0 { b'\n' } else { b' ' };
+                buf[pos] = if (r >> 32).is_multiple_of(12) {
+                    b'\n'
+                } else {
+                    b' '
+                };
                 pos += 1;
             }
         }

@@ -274,15 +274,7 @@ impl Disk {
         let mut st = self.write_state()?;
         st.active.flush()?;
         let (report, m) = compact(self.store.as_ref(), opts)?;
-        let geometry = st.geometry;
-        let parent = m.layer(m.active_layer).and_then(|l| l.parent);
-        let chain =
-            crate::disk::open_chain(self.store.as_ref(), &m, geometry, parent, &mut st.cache)?;
-        let live: std::collections::HashSet<String> =
-            m.layers.iter().map(|l| l.file.clone()).collect();
-        st.cache.retain(|f, _| live.contains(f));
-        st.chain = chain;
-        st.manifest = m;
+        self.refresh_chain(&mut st, m)?;
         Ok(report)
     }
 }

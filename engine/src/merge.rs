@@ -313,6 +313,21 @@ pub fn merge_offline(store: &dyn Store, names: &[String]) -> Result<MergeReport>
     Ok(report)
 }
 
+/// Refuse when one of `names` is pinned (the policy and explicit runs never merge those).
+fn refuse_pinned(m: &Manifest, names: &[String], why: &str) -> Result<()> {
+    match m
+        .snapshots
+        .iter()
+        .find(|s| s.pinned && names.contains(&s.name))
+    {
+        Some(p) => Err(Error::InvalidArgument(format!(
+            "snapshot {:?} {why}",
+            p.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn note_shared(m: &Manifest, report: &mut MergeReport) {
     for l in &m.layers {
         if l.sealed && !m.snapshots.iter().any(|s| s.layer == l.id) {
@@ -389,16 +404,7 @@ impl Disk {
             .filter(|s| run.contains(&s.layer) && s.name != newer)
             .map(|s| s.name.clone())
             .collect();
-        if let Some(p) = m
-            .snapshots
-            .iter()
-            .find(|s| names.contains(&s.name) && s.pinned)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot {:?} is pinned; unpin it first",
-                p.name
-            )));
-        }
+        refuse_pinned(&m, &names, "is pinned; unpin it first")?;
         if names.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "no snapshot between {older:?} and {newer:?} to merge"
@@ -429,16 +435,7 @@ impl Disk {
             .filter(|s| s.layer == parent)
             .map(|s| s.name.clone())
             .collect();
-        if let Some(p) = m
-            .snapshots
-            .iter()
-            .find(|s| names.contains(&s.name) && s.pinned)
-        {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot {:?} holds the parent layer and is pinned",
-                p.name
-            )));
-        }
+        refuse_pinned(&m, &names, "holds the parent layer and is pinned")?;
         if names.is_empty() {
             // Anonymous parent: fold it directly.
             let mut st = self.write_state()?;
@@ -514,7 +511,7 @@ impl Disk {
     }
 
     /// Rebuild the chain below the active layer from a new manifest (after merges).
-    fn refresh_chain(&self, st: &mut State, m: Manifest) -> Result<()> {
+    pub(crate) fn refresh_chain(&self, st: &mut State, m: Manifest) -> Result<()> {
         let parent = m.layer(m.active_layer).and_then(|l| l.parent);
         let geometry = st.geometry;
         let chain = open_chain(self.store.as_ref(), &m, geometry, parent, &mut st.cache)?;
