@@ -644,14 +644,27 @@ pub fn deep_chain(opts: &Opts, q: &Qemu, rep: &mut Report) -> Result<()> {
         // qemu-io 10 crashes (SIGSEGV) opening a chain this deep (seen from ~900 layers on this
         // machine): then the anchor is the deepest of 800 that it opens.
         let qemu_read = |path: &Path| -> Result<f64> {
-            q.time_cmd("qemu-io", &["-r", "-f", "qcow2", "-c", "read 0 4k", path.to_str().unwrap_or_default()])
+            q.time_cmd(
+                "qemu-io",
+                &[
+                    "-r",
+                    "-f",
+                    "qcow2",
+                    "-c",
+                    "read 0 4k",
+                    path.to_str().unwrap_or_default(),
+                ],
+            )
         };
         let (t_q, anchor) = match qemu_read(&top) {
             Ok(t) => (t * 1000.0, "qemu-io on a 1000-deep qcow2 chain".to_string()),
             Err(e) => {
                 eprintln!("  qemu-io on the 1000-deep chain failed ({e}); measuring depth 800");
                 let t = qemu_read(&opts.dir.join("deepq-799.qcow2"))?;
-                (t * 1000.0, "qemu-io on an 800-deep qcow2 chain (1000 deep: SIGSEGV)".to_string())
+                (
+                    t * 1000.0,
+                    "qemu-io on an 800-deep qcow2 chain (1000 deep: SIGSEGV)".to_string(),
+                )
             }
         };
         let exe = std::env::current_exe()?.with_file_name("vdisk");
