@@ -34,4 +34,13 @@ if command -v qemu-img >/dev/null; then
   truncate -s 1G expected.raw; dd if=v1.bin of=expected.raw conv=notrunc status=none
   qemu-img compare -f raw -F raw expected.raw before.raw
 fi
+step convert -O vmdk -o subformat=streamOptimized web.vdisk web.vmdk
+if command -v qemu-img >/dev/null; then
+  printf '\n$ qemu-img compare (the VMDK export vs the head, read by qemu)\n'
+  "$V" convert web.vdisk head.raw
+  qemu-img compare -f raw -F vmdk head.raw web.vmdk
+fi
+step merge web.vdisk before-upgrade
+step snapshot list web.vdisk
+step check web.vdisk
 printf '\ndemo files are in %s\n' "$W"
