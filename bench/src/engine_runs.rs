@@ -116,23 +116,7 @@ impl Fixture {
                 raw.to_str().unwrap_or_default(),
                 base.to_str().unwrap_or_default(),
             ])?;
-            let mut top = base;
-            for i in 1..depth {
-                let next = opts.dir.join(format!("depth{depth}-{i}.qcow2"));
-                let _ = fs::remove_file(&next);
-                q.run(&[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-b",
-                    top.to_str().unwrap_or_default(),
-                    "-F",
-                    "qcow2",
-                    next.to_str().unwrap_or_default(),
-                ])?;
-                top = next;
-            }
+            let top = q.overlay_chain(&base, &opts.dir, &format!("depth{depth}"), depth, size)?;
             qcow2.push(top);
         }
         let arr = |v: Vec<PathBuf>| -> Result<[PathBuf; 3]> {
@@ -621,26 +605,7 @@ pub fn deep_chain(opts: &Opts, q: &Qemu, rep: &mut Report) -> Result<()> {
             qbase.to_str().unwrap_or_default(),
             "64G",
         ])?;
-        let mut top = qbase;
-        for i in 1..depth {
-            let next = opts.dir.join(format!("deepq-{i}.qcow2"));
-            let _ = fs::remove_file(&next);
-            // -u: do not open the backing chain (O(depth) per image, O(depth²) in all).
-            q.run(&[
-                "create",
-                "-q",
-                "-u",
-                "-f",
-                "qcow2",
-                "-b",
-                top.to_str().unwrap_or_default(),
-                "-F",
-                "qcow2",
-                next.to_str().unwrap_or_default(),
-                "64G",
-            ])?;
-            top = next;
-        }
+        let top = q.overlay_chain(&qbase, &opts.dir, "deepq", depth, size)?;
         // qemu-io 10 crashes (SIGSEGV) opening a chain this deep (seen from ~900 layers on this
         // machine): then the anchor is the deepest of 800 that it opens.
         let qemu_read = |path: &Path| -> Result<f64> {
