@@ -333,3 +333,72 @@ fn note_slots(
         }
     }
 }
+
+/// What `repair` did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RepairReport {
+    /// Actions taken, one line each.
+    pub actions: Vec<String>,
+    /// The check after the repair.
+    pub check: CheckReport,
+}
+
+/// Repair what can be repaired without losing data, then check again:
+/// - open as the writer: journal replay and checkpoint, an interrupted snapshot unsealed,
+///   garbage objects removed (format-spec/recovery.md §5);
+/// - a damaged or out-of-date header slot rewritten from its valid twin (same header, next
+///   generation), so the layer survives a later damage of the other slot.
+///
+/// Damaged data (a blake3 mismatch) cannot be repaired here and stays reported.
+pub fn repair(store: Arc<dyn Store>) -> Result<RepairReport> {
+    use crate::format::header::{LayerHeader, SLOT_SIZE};
+    let mut actions = Vec::new();
+    {
+        let d = crate::disk::Disk::open(store.clone())?;
+        if let Some(n) = d.recovery_note() {
+            actions.push(n);
+        }
+        d.close()?;
+        actions.push(
+            "opened as the writer: journal replayed and checkpointed, garbage removed".into(),
+        );
+    }
+    let _maint = crate::disk::lock_maintenance(store.as_ref())?;
+    let m = read_manifest(store.as_ref())?;
+    for rec in &m.layers {
+        let obj = store
+            .open_object(&rec.file, true)
+            .map_err(|e| Error::io(&rec.file, "open", e))?;
+        let (h, slot, other, len) = read_header(&obj)?;
+        let mut other_bytes = vec![0u8; SLOT_SIZE];
+        let other_slot = 1 - slot;
+        let readable = obj
+            .read_exact_at(&mut other_bytes, (other_slot * SLOT_SIZE) as u64)
+            .is_ok();
+        let twin_ok = readable
+            && other.as_ref().is_some_and(|o| {
+                let mut a = o.clone();
+                a.generation = h.generation;
+                a == h
+            })
+            && LayerHeader::decode(&other_bytes, "slot", len).is_ok();
+        if twin_ok {
+            continue;
+        }
+        let mut twin = h.clone();
+        twin.generation += 1;
+        obj.write_all_at(&twin.encode(), (other_slot * SLOT_SIZE) as u64)
+            .map_err(|e| Error::io(&rec.file, "write header", e))?;
+        obj.sync().map_err(|e| Error::io(&rec.file, "sync", e))?;
+        actions.push(format!(
+            "{}: header slot {} rewritten from its twin",
+            rec.file,
+            if other_slot == 0 { "A" } else { "B" }
+        ));
+    }
+    drop(_maint);
+    Ok(RepairReport {
+        actions,
+        check: check(store.as_ref()),
+    })
+}

@@ -732,6 +732,11 @@ impl Disk {
         ))
     }
 
+    /// What recovery did when this disk was opened (journal replay, unsealing), if anything.
+    pub fn recovery_note(&self) -> Option<String> {
+        self.read_state().active.recovery_note.clone()
+    }
+
     /// Bytes of data held by the active layer.
     pub fn head_allocated_bytes(&self) -> u64 {
         self.read_state().active.allocated_bytes()
