@@ -10,7 +10,7 @@ use crate::disk::read_manifest;
 use crate::error::{Error, Result};
 use crate::format::manifest::Manifest;
 use crate::format::{Geometry, Id, MapEntry};
-use crate::layer::{read_entry_data, LayerData};
+use crate::layer::LayerData;
 use crate::store::Store;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -136,10 +136,25 @@ impl Side {
     ) -> Result<()> {
         match self.decider(c, s) {
             Decider::Entry(i, e) if e.alloc & (1 << s) != 0 => {
-                let sub = g.subcluster_size() as usize;
-                read_entry_data(&self.layers[i].files, e, g, scratch)?;
-                let k = (e.alloc & ((1u32 << s) - 1)).count_ones() as usize;
-                out.copy_from_slice(&scratch[k * sub..(k + 1) * sub]);
+                let sub = g.subcluster_size();
+                let file = &self.layers[i].files[usize::from(e.file_index)];
+                if e.compressed_len == 0 {
+                    // Only this subcluster: never the whole cluster per subcluster.
+                    let at = e.data_offset + u64::from(s) * sub;
+                    file.read_exact_at(out, at)
+                        .map_err(|err| Error::io(file.name(), "read data", err))?;
+                } else {
+                    // Keep the last decompressed cluster: callers walk subclusters in order.
+                    let tag = cache_tag(self.layers[i].id, e.guest_cluster);
+                    if scratch.len() != g.cluster_size() as usize + TAG || scratch[..TAG] != tag {
+                        let cluster = crate::layer::decompress_cluster(file, e, g)?;
+                        scratch.clear();
+                        scratch.extend_from_slice(&tag);
+                        scratch.extend_from_slice(&cluster);
+                    }
+                    let from = TAG + (u64::from(s) * sub) as usize;
+                    out.copy_from_slice(&scratch[from..from + sub as usize]);
+                }
             }
             _ => out.fill(0),
         }
@@ -149,6 +164,18 @@ impl Side {
 
 /// The opened sides of a diff: geometry, manifest, FROM, TO, candidate clusters with masks.
 pub(crate) type Prepared = (Geometry, Manifest, Side, Side, BTreeMap<u64, u32>);
+
+/// Length of the tag naming the decompressed cluster kept at the front of a scratch buffer.
+const TAG: usize = 24;
+
+/// The tag of (layer, cluster): the scratch buffer may be shared by both sides of a diff,
+/// whose layer indices differ, so the tag names the layer by id.
+fn cache_tag(layer: Id, cluster: u64) -> [u8; TAG] {
+    let mut t = [0u8; TAG];
+    t[..16].copy_from_slice(&layer.0);
+    t[16..].copy_from_slice(&cluster.to_le_bytes());
+    t
+}
 
 /// Open the sides of a diff.
 pub(crate) fn prepare(store: &dyn Store, from: &Point, to: &Point) -> Result<Prepared> {

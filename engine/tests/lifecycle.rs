@@ -273,10 +273,8 @@ fn compaction_refuses_corrupt_data() {
         .file
         .clone();
     let mut b = store.object_bytes(&file).unwrap();
-    let at = b
-        .windows(64)
-        .position(|w| w == &pat(1, 1 << 20)[1000..1064])
-        .unwrap();
+    let probe = pat(1, 1 << 20)[1000..1064].to_vec();
+    let at = b.windows(64).position(|w| w == probe.as_slice()).unwrap();
     b[at] ^= 1;
     store.set_object_bytes(&file, b);
     let d = Disk::open(Arc::new(store.clone())).unwrap();
