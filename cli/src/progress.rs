@@ -19,3 +19,48 @@ pub fn bytes(total: u64, what: &str) -> ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// A byte counter without a known total (streams), hidden when stderr is not a terminal.
+pub fn counter(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// A writer that advances a progress bar by the bytes written.
+pub struct ProgressWriter<W> {
+    pub inner: W,
+    pub bar: ProgressBar,
+}
+
+impl<W: std::io::Write> std::io::Write for ProgressWriter<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that advances a progress bar by the bytes read.
+pub struct ProgressReader<R> {
+    pub inner: R,
+    pub bar: ProgressBar,
+}
+
+impl<R: std::io::Read> std::io::Read for ProgressReader<R> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(b)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}

@@ -110,7 +110,7 @@ pub fn diff(a: DiffArgs) -> Result<ExitCode> {
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
     let store = crate::open::store(&a.disk)?;
     let to_stdout = a.output.as_os_str() == "-";
-    let mut out: Box<dyn Write> = if to_stdout {
+    let out: Box<dyn Write> = if to_stdout {
         Box::new(BufWriter::new(std::io::stdout().lock()))
     } else {
         if a.output.exists() {
@@ -120,7 +120,13 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
             || format!("cannot create {}", a.output.display()),
         )?))
     };
+    let bar = crate::progress::counter("exporting");
+    let mut out = crate::progress::ProgressWriter {
+        inner: out,
+        bar: bar.clone(),
+    };
     let r = export_diff(store.as_ref(), a.from.as_deref(), &a.to, &mut out, a.level);
+    bar.finish_and_clear();
     let r = match r {
         Ok(r) => r,
         Err(e) => {
@@ -148,21 +154,26 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
 
 pub fn import(a: ImportArgs) -> Result<ExitCode> {
     let d = crate::open::disk(&a.disk)?;
-    let r = if a.input.as_os_str() == "-" {
-        let mut stdin = BufReader::new(std::io::stdin().lock());
-        d.import_diff(&mut stdin)
+    let bar = crate::progress::counter("importing");
+    let input: Box<dyn std::io::Read> = if a.input.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
     } else {
-        let f =
-            File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
-        d.import_diff(&mut BufReader::new(f))
-    }
-    .with_context(|| {
+        Box::new(
+            File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?,
+        )
+    };
+    let mut reader = BufReader::new(crate::progress::ProgressReader {
+        inner: input,
+        bar: bar.clone(),
+    });
+    let r = d.import_diff(&mut reader).with_context(|| {
         format!(
             "cannot import {} into {}",
             a.input.display(),
             a.disk.display()
         )
     })?;
+    bar.finish_and_clear();
     d.close()?;
     println!(
         "imported {} data, {} zeroed{}",
