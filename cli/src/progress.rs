@@ -20,6 +20,21 @@ pub fn bytes(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// An item-counting progress bar, hidden when stderr is not a terminal.
+pub fn items(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
 /// A byte counter without a known total (streams), hidden when stderr is not a terminal.
 pub fn counter(what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {

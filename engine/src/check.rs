@@ -83,6 +83,12 @@ impl CheckReport {
 
 /// Check a bundle.
 pub fn check(store: &dyn Store) -> CheckReport {
+    check_with_progress(store, &|_, _| {})
+}
+
+/// [`check`], calling `progress(layers done, layers)` as it goes (hashing every sealed
+/// cluster makes it long on big disks).
+pub fn check_with_progress(store: &dyn Store, progress: &dyn Fn(usize, usize)) -> CheckReport {
     let mut r = CheckReport {
         bundle: store.location(),
         ..Default::default()
@@ -101,10 +107,12 @@ pub fn check(store: &dyn Store) -> CheckReport {
             return r;
         }
     };
-    for rec in &m.layers {
+    for (i, rec) in m.layers.iter().enumerate() {
+        progress(i, m.layers.len());
         check_layer(store, &m, rec, &geometry, &mut r);
         r.layers_checked += 1;
     }
+    progress(m.layers.len(), m.layers.len());
     match store.list_objects("layers") {
         Ok(names) => {
             let live = m.live_objects();

@@ -38,7 +38,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         rep.check
     } else {
-        vdisk_engine::check::check(store.as_ref())
+        let bar = crate::progress::items(0, "checking layers");
+        let r = vdisk_engine::check::check_with_progress(store.as_ref(), &|done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        });
+        bar.finish_and_clear();
+        r
     };
     if a.json {
         print_json(&r)?;
