@@ -188,11 +188,23 @@ impl Store for LocalStore {
     }
 
     fn read_manifest(&self) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.root.join("manifest")) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        let f = match File::open(self.root.join("manifest")) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Never read more than a manifest may hold (format-spec/bundle.md §2).
+        let limit = crate::format::manifest::HEADER_LEN + crate::format::manifest::MAX_PAYLOAD;
+        let len = f.metadata()?.len();
+        if len > limit as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{len} bytes, more than a manifest may hold ({limit})"),
+            ));
         }
+        let mut b = Vec::with_capacity(len as usize);
+        io::Read::read_to_end(&mut io::Read::take(f, limit as u64 + 1), &mut b)?;
+        Ok(Some(b))
     }
 
     fn write_manifest(&self, bytes: &[u8]) -> io::Result<()> {
