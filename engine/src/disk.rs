@@ -274,6 +274,14 @@ pub(crate) fn open_chain(
     Ok(Chain::new(geometry, layers))
 }
 
+/// Check a snapshot name against the manifest's rules.
+pub(crate) fn valid_snapshot_name(name: &str) -> Result<()> {
+    crate::format::manifest::check_snapshot_name(name).map_err(|reason| Error::InvalidName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
 /// Summary of a snapshot for listings.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SnapshotInfo {
@@ -537,12 +545,7 @@ impl Disk {
     /// Take a snapshot of the head: seal the active layer and start a new one on top. O(1) in
     /// disk size and chain depth (it hashes the clusters written since the last snapshot).
     pub fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
-        crate::format::manifest::check_snapshot_name(name).map_err(|reason| {
-            Error::InvalidName {
-                name: name.to_string(),
-                reason,
-            }
-        })?;
+        valid_snapshot_name(name)?;
         let mut st = self.write_state()?;
         if st.manifest.snapshot(name).is_some() {
             return Err(Error::SnapshotExists(name.to_string()));
@@ -615,24 +618,14 @@ impl Disk {
 
     /// Rename a snapshot.
     pub fn snapshot_rename(&self, name: &str, new_name: &str) -> Result<()> {
-        crate::format::manifest::check_snapshot_name(new_name).map_err(|reason| {
-            Error::InvalidName {
-                name: new_name.to_string(),
-                reason,
-            }
-        })?;
+        valid_snapshot_name(new_name)?;
         let mut st = self.write_state()?;
         let (a, b) = (name.to_string(), new_name.to_string());
         let (m, ()) = update_manifest(self.store.as_ref(), move |m| {
             if m.snapshot(&b).is_some() {
                 return Err(Error::SnapshotExists(b));
             }
-            let s = m
-                .snapshots
-                .iter_mut()
-                .find(|s| s.name == a)
-                .ok_or(Error::SnapshotNotFound(a))?;
-            s.name = b;
+            m.snapshot_mut(&a)?.name = b;
             Ok(())
         })?;
         st.manifest = m;
@@ -644,12 +637,7 @@ impl Disk {
         let mut st = self.write_state()?;
         let a = name.to_string();
         let (m, ()) = update_manifest(self.store.as_ref(), move |m| {
-            let s = m
-                .snapshots
-                .iter_mut()
-                .find(|s| s.name == a)
-                .ok_or(Error::SnapshotNotFound(a))?;
-            s.pinned = pinned;
+            m.snapshot_mut(&a)?.pinned = pinned;
             Ok(())
         })?;
         st.manifest = m;
@@ -695,16 +683,23 @@ impl Disk {
             m.active_layer = new_id;
             Ok(())
         })?;
-        let State { cache, .. } = &mut *st;
-        let chain = open_chain(self.store.as_ref(), &m, geometry, Some(snap.layer), cache)?;
-        let live: HashSet<String> = m.layers.iter().map(|l| l.file.clone()).collect();
-        st.cache.retain(|f, _| live.contains(f));
         let old = std::mem::replace(&mut st.active, new_active);
         old.abandon();
-        st.chain = chain;
-        st.manifest = m;
+        self.refresh_chain(&mut st, m)?;
         self.poisoned
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Rebuild the chain below the active layer from a new manifest (after merges, reverts, compaction).
+    pub(crate) fn refresh_chain(&self, st: &mut State, m: Manifest) -> Result<()> {
+        let parent = m.layer(m.active_layer).and_then(|l| l.parent);
+        let geometry = st.geometry;
+        let chain = open_chain(self.store.as_ref(), &m, geometry, parent, &mut st.cache)?;
+        let live: HashSet<String> = m.layers.iter().map(|l| l.file.clone()).collect();
+        st.cache.retain(|f, _| live.contains(f));
+        st.chain = chain;
+        st.manifest = m;
         Ok(())
     }
 

@@ -6,8 +6,7 @@
 //! a merge costs O(changed metadata + the smaller layer's share of mixed clusters).
 
 use crate::disk::{
-    layer_file_name, lock_maintenance, open_chain, read_manifest, update_manifest_locked, Disk,
-    State,
+    layer_file_name, lock_maintenance, read_manifest, update_manifest_locked, Disk, State,
 };
 use crate::error::{Error, Result};
 use crate::format::manifest::{LayerRecord, Manifest};
@@ -508,18 +507,5 @@ impl Disk {
             .store(false, std::sync::atomic::Ordering::SeqCst);
         report.layers_folded += 1;
         Ok(m2)
-    }
-
-    /// Rebuild the chain below the active layer from a new manifest (after merges).
-    pub(crate) fn refresh_chain(&self, st: &mut State, m: Manifest) -> Result<()> {
-        let parent = m.layer(m.active_layer).and_then(|l| l.parent);
-        let geometry = st.geometry;
-        let chain = open_chain(self.store.as_ref(), &m, geometry, parent, &mut st.cache)?;
-        let live: std::collections::HashSet<String> =
-            m.layers.iter().map(|l| l.file.clone()).collect();
-        st.cache.retain(|f, _| live.contains(f));
-        st.chain = chain;
-        st.manifest = m;
-        Ok(())
     }
 }

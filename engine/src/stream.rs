@@ -330,12 +330,7 @@ impl Disk {
     /// it moves to the new snapshot. Nothing changes if anything is wrong with the stream.
     pub fn import_diff(&self, input: &mut dyn Read) -> Result<StreamReport> {
         let (h, head_bytes) = read_header(input)?;
-        crate::format::manifest::check_snapshot_name(&h.to.name).map_err(|reason| {
-            Error::InvalidName {
-                name: h.to.name.clone(),
-                reason,
-            }
-        })?;
+        crate::disk::valid_snapshot_name(&h.to.name)?;
         let mut st = self.write_state()?;
         let g = st.geometry;
         let m = st.manifest.clone();
@@ -454,15 +449,14 @@ impl Disk {
         let _ = store.remove_object(&journal_name(&file));
         st.cache.insert(file, sealed);
         let mut rep = rep;
-        if let Some((_, a)) = new_active {
-            if m2.active_layer == a.id {
+        match new_active {
+            Some((_, a)) if m2.active_layer == a.id => {
                 st.active = a;
-                let parent = Some(id);
-                st.chain = open_chain(store.as_ref(), &m2, g, parent, &mut st.cache)?;
+                self.refresh_chain(&mut st, m2)?;
                 rep.head_moved = true;
             }
+            _ => st.manifest = m2,
         }
-        st.manifest = m2;
         Ok(rep)
     }
 }

@@ -146,6 +146,14 @@ impl Manifest {
         self.snapshots.iter().find(|s| s.name == name)
     }
 
+    /// The snapshot named `name`, mutable.
+    pub fn snapshot_mut(&mut self, name: &str) -> Result<&mut SnapshotRecord, crate::Error> {
+        self.snapshots
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| crate::Error::SnapshotNotFound(name.to_string()))
+    }
+
     /// Ids from the base up to and including `top`.
     pub fn chain(&self, top: Id) -> Vec<Id> {
         let mut out = Vec::new();
