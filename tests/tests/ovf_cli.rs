@@ -425,3 +425,70 @@ fn shared_corpus_inspect_json() {
         assert!(!dest.exists());
     }
 }
+
+#[test]
+fn a_failed_import_removes_every_folder_it_made_and_a_complete_one_appears_at_once() {
+    let t = tmp();
+    let (b, bytes) = bundle(t.path(), "d.vdisk", "16M", 21);
+    let ova = t.path().join("d.ova");
+    vdisk_ok(&["ovf", "export", s(&b), s(&ova)]);
+    let root = t.path().join("out");
+    fs::create_dir(&root).unwrap();
+    // The package verifies; creating its bundle then fails (an invalid cluster size).
+    let dest = root.join("a/b/c");
+    vdisk_err(&["ovf", "import", s(&ova), s(&dest), "--cluster-size", "3K"]);
+    let left: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "a failed import left {left:?}");
+    // A folder that existed before stays, with what it holds.
+    fs::create_dir_all(root.join("a")).unwrap();
+    fs::write(root.join("a/keep"), b"mine").unwrap();
+    vdisk_err(&["ovf", "import", s(&ova), s(&dest), "--cluster-size", "3K"]);
+    assert_eq!(fs::read(root.join("a/keep")).unwrap(), b"mine");
+    assert_eq!(fs::read_dir(root.join("a")).unwrap().count(), 1);
+    // A successful import leaves exactly the destination.
+    vdisk_ok(&["ovf", "import", s(&ova), s(&dest)]);
+    assert!(dest.join("vm.json").is_file());
+    assert_eq!(fs::read_dir(root.join("a/b")).unwrap().count(), 1);
+    let bundles: Vec<_> = fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "vdisk"))
+        .collect();
+    assert_eq!(bundles.len(), 1);
+    assert_eq!(read_bundle(&bundles[0]), bytes);
+}
+
+#[test]
+fn a_fifo_as_the_descriptor_is_refused_without_hanging() {
+    let t = tmp();
+    let f = t.path().join("x.ovf");
+    assert!(Command::new("mkfifo").arg(&f).status().unwrap().success());
+    let out = Command::new("timeout")
+        .args(["20", s(&vdisk_tests::vdisk_bin()), "ovf", "inspect", s(&f)])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(124), "inspect of a FIFO hangs");
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("x.ovf") && e.contains("FIFO"), "{e}");
+    // The same as a folder's only descriptor.
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            s(&vdisk_tests::vdisk_bin()),
+            "ovf",
+            "inspect",
+            s(t.path()),
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "inspect of a folder with a FIFO hangs"
+    );
+    assert!(!out.status.success());
+}

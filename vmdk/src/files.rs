@@ -60,7 +60,7 @@ pub(crate) struct FileSet {
 
 /// Opens `path` for reading without blocking (a FIFO would block `open` for a writer), and
 /// refuses anything but a regular file before reading a byte.
-pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+pub fn open_regular(path: &Path) -> io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)

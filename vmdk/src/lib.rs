@@ -24,7 +24,7 @@ mod write;
 
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType};
 pub use error::{Result, VmdkError};
-pub use files::{OpenOptions, MAX_OPEN_TABLE_BYTES};
+pub use files::{open_regular, OpenOptions, MAX_OPEN_TABLE_BYTES};
 pub use image::{ChainLayer, VmdkImage, MAX_CHAIN_DEPTH};
 pub use info::{ExtentInfo, LayerInfo, SparseInfo, VmdkInfo};
 pub use source::{Allocation, BlockSource, Extent, FileSlice, RawSource, ReadAt};

@@ -193,63 +193,27 @@ fn run_export(a: ExportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `import` created, removed again if a later step fails.
-struct Created {
-    dir: Option<PathBuf>,
-    paths: Vec<PathBuf>,
-    done: bool,
-}
-
-impl Drop for Created {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        for p in &self.paths {
-            let _ = std::fs::remove_dir_all(p);
-        }
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 fn run_import(a: ImportArgs) -> Result<ExitCode> {
     let opts = ImportOptions {
         system: a.system.clone(),
         require_manifest: a.require_manifest,
     };
-    let dest_exists = a.dest.exists();
-    if dest_exists {
-        let empty = std::fs::read_dir(&a.dest)
-            .with_context(|| format!("{}: not a folder", a.dest.display()))?
-            .next()
-            .is_none();
-        if !empty {
-            bail!("{}: exists and is not empty", a.dest.display());
-        }
-    }
+    vdisk_ovf::check_destination(&a.dest)?;
     // Every check happens before anything is written.
     let pkg = import_verify_with(&a.pkg, &opts).context("package refused, nothing written")?;
     for w in pkg.warnings() {
         eprintln!("warning: {w}");
     }
-    let mut created = Created {
-        dir: None,
-        paths: Vec::new(),
-        done: false,
-    };
-    if !dest_exists {
-        std::fs::create_dir_all(&a.dest)
-            .with_context(|| format!("cannot create {}", a.dest.display()))?;
-        created.dir = Some(a.dest.clone());
-    }
-    import_disks(&pkg, &a.dest, a.cluster_size, &mut created)?;
-    let cfg_path = a.dest.join(CONFIG_FILE_NAME);
+    // Built under a temporary name beside DEST and renamed when complete; on any failure
+    // the temporary folder and every folder made for DEST are removed.
+    let staging = vdisk_ovf::ImportDestination::prepare(&a.dest)?;
+    import_disks(&pkg, staging.path(), a.cluster_size)?;
+    let cfg_path = staging.path().join(CONFIG_FILE_NAME);
     vdisk_vmconfig::save(pkg.vm_config(), &cfg_path)
         .with_context(|| format!("cannot write {}", cfg_path.display()))?;
-    created.paths.push(cfg_path.clone());
-    created.done = true;
+    staging
+        .commit()
+        .with_context(|| format!("cannot complete the import into {}", a.dest.display()))?;
     let cfg = pkg.vm_config();
     println!(
         "Imported {} into {}: {} ({} vCPU, {} MiB, {} disk(s), {} NIC(s))",
@@ -264,17 +228,12 @@ fn run_import(a: ImportArgs) -> Result<ExitCode> {
     for d in pkg.disks() {
         println!("  {:<30} {}", d.bundle_path, human(d.capacity));
     }
-    println!("  {}", cfg_path.display());
+    println!("  {}", a.dest.join(CONFIG_FILE_NAME).display());
     Ok(ExitCode::SUCCESS)
 }
 
 /// Converts every disk of the verified package into `dest/<bundle_path>`.
-fn import_disks(
-    pkg: &VerifiedPackage,
-    dest: &Path,
-    cluster_size: u64,
-    created: &mut Created,
-) -> Result<()> {
+fn import_disks(pkg: &VerifiedPackage, dest: &Path, cluster_size: u64) -> Result<()> {
     let mut plans = Vec::new();
     let mut total = 0u64;
     for d in pkg.disks() {
@@ -303,7 +262,6 @@ fn import_disks(
                 subcluster_size: None,
             },
         )?;
-        created.paths.push(path.clone());
         let src = d.source.as_ref();
         par_copy(
             &split(&data, CHUNK),

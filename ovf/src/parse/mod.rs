@@ -7,6 +7,7 @@
 pub(crate) mod check;
 mod ctx;
 mod hardware;
+mod limits;
 mod sections;
 
 use roxmltree::{Document, Node, ParsingOptions};
@@ -17,6 +18,7 @@ use crate::model::{Content, Dialect, Envelope, Sections, VirtualSystem, VirtualS
 use crate::ns;
 
 pub(crate) use ctx::Ctx;
+pub use limits::{MAX_ATTRIBUTES_PER_ELEMENT, MAX_NAMESPACE_DECLARATIONS};
 
 /// Largest descriptor accepted (the largest real one seen, vCenter's, is 142 KB).
 pub const MAX_DESCRIPTOR_BYTES: u64 = 32 * 1024 * 1024;
@@ -51,6 +53,7 @@ pub fn parse_descriptor(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
         });
     }
     let text = decode_descriptor(file, bytes)?;
+    limits::check_xml_limits(&text, file)?;
     let opts = ParsingOptions {
         allow_dtd: false,
         nodes_limit: MAX_NODES,
