@@ -24,8 +24,8 @@ mod parse;
 
 pub use error::{OvfError, Result};
 pub use parse::{
-    parse_descriptor, ParsedDescriptor, MAX_ATTRIBUTES_PER_ELEMENT, MAX_DESCRIPTOR_BYTES,
-    MAX_NAMESPACE_DECLARATIONS,
+    parse_descriptor, parse_descriptor_lenient, ParsedDescriptor, MAX_ATTRIBUTES_PER_ELEMENT,
+    MAX_DESCRIPTOR_BYTES, MAX_NAMESPACE_DECLARATIONS,
 };
 
 pub mod cert;

@@ -492,3 +492,91 @@ fn a_fifo_as_the_descriptor_is_refused_without_hanging() {
     );
     assert!(!out.status.success());
 }
+
+#[test]
+fn inspect_verify_exits_2_on_a_digest_mismatch_or_a_missing_file() {
+    let t = tmp();
+    let (b, _) = bundle(t.path(), "d.vdisk", "16M", 31);
+    let ova = t.path().join("app.ova");
+    vdisk_ok(&["ovf", "export", s(&b), s(&ova)]);
+    let text = vdisk_ok(&["ovf", "inspect", "--verify", s(&ova)]);
+    assert!(text.contains("all verified"), "{text}");
+    assert!(!text.contains("certificate:     status"), "{text}");
+    assert!(text.contains("certificate:     none"), "{text}");
+    flip_in_member(&ova, ".vmdk");
+    let o = Command::new(vdisk_tests::vdisk_bin())
+        .args(["ovf", "inspect", "--verify", s(&ova)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a digest mismatch passed --verify"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("verification failed") && err.contains("digest"),
+        "{err}"
+    );
+    // Without --verify, a description (exit 0) that still names the problem.
+    vdisk_ok(&["ovf", "inspect", s(&ova)]);
+    let o = Command::new(vdisk_tests::vdisk_bin())
+        .args(["ovf", "inspect", "--verify", "--json", s(&ova)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let j = json(&String::from_utf8_lossy(&o.stdout));
+    assert!(!j["problems"].as_array().unwrap().is_empty(), "{j}");
+    // Folder form with its disk missing.
+    let folder = t.path().join("f.ovf");
+    vdisk_ok(&["ovf", "export", s(&b), s(&folder)]);
+    let disk = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "vmdk"))
+        .expect("the folder form's disk");
+    fs::remove_file(&disk).unwrap();
+    let o = Command::new(vdisk_tests::vdisk_bin())
+        .args(["ovf", "inspect", "--verify", s(&folder)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "a missing file passed --verify");
+}
+
+#[test]
+fn import_force_ignores_what_it_says_it_ignores() {
+    let t = tmp();
+    let dir = t.path().join("pkg");
+    fs::create_dir_all(&dir).unwrap();
+    let fixture = vdisk_tests::workspace_root().join("ovf/tests/fixtures/xen-extensions.ovf");
+    fs::copy(&fixture, dir.join("xen.ovf")).unwrap();
+    fs::write(dir.join("disk.img"), rnd(3, 1 << 20)).unwrap();
+    let text = vdisk_ok(&["ovf", "inspect", s(&dir.join("xen.ovf"))]);
+    assert!(text.contains("import would refuse"), "{text}");
+    assert!(
+        text.contains("VirtualSystemOtherConfigurationData"),
+        "{text}"
+    );
+    let dest = t.path().join("vm");
+    let e = vdisk_err(&["ovf", "import", s(&dir.join("xen.ovf")), s(&dest)]);
+    assert!(
+        e.contains("--force") && e.contains("ApplianceSection"),
+        "{e}"
+    );
+    assert!(!dest.exists());
+    let o = Command::new(vdisk_tests::vdisk_bin())
+        .args([
+            "ovf",
+            "import",
+            "--force",
+            s(&dir.join("xen.ovf")),
+            s(&dest),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("ignored required section").count(), 2, "{err}");
+    let b = dest.join("disk.vdisk");
+    assert_eq!(read_bundle(&b), rnd(3, 1 << 20));
+}

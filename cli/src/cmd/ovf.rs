@@ -77,6 +77,10 @@ pub struct ImportArgs {
     /// Cluster size of the bundles created.
     #[arg(long, value_parser = crate::size::parse_size, default_value = "64K")]
     pub cluster_size: u64,
+    /// Import even when the descriptor holds required sections vdisk does not understand
+    /// (`ovf inspect` lists them); each one ignored is reported.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::Args)]
@@ -86,7 +90,8 @@ pub struct InspectArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// Also hash every file the manifest lists (reads the whole package).
+    /// Also hash every file the manifest lists (reads the whole package), and exit with
+    /// status 2 if any file is missing, has the wrong size or digest, or is not listed.
     #[arg(long)]
     pub verify: bool,
 }
@@ -197,10 +202,21 @@ fn run_import(a: ImportArgs) -> Result<ExitCode> {
     let opts = ImportOptions {
         system: a.system.clone(),
         require_manifest: a.require_manifest,
+        force: a.force,
     };
     vdisk_ovf::check_destination(&a.dest)?;
     // Every check happens before anything is written.
-    let pkg = import_verify_with(&a.pkg, &opts).context("package refused, nothing written")?;
+    let pkg = import_verify_with(&a.pkg, &opts).map_err(|e| {
+        let hint = matches!(e, vdisk_ovf::OvfError::RequiredSection { .. });
+        let e = anyhow::Error::new(e).context("package refused, nothing written");
+        if hint {
+            e.context(
+                "`vdisk ovf inspect` lists what is not understood; --force imports without it",
+            )
+        } else {
+            e
+        }
+    })?;
     for w in pkg.warnings() {
         eprintln!("warning: {w}");
     }
@@ -304,6 +320,17 @@ fn run_inspect(a: InspectArgs) -> Result<ExitCode> {
     } else {
         print_report(&r);
     }
+    if a.verify && !r.problems.is_empty() {
+        eprintln!(
+            "vdisk: verification failed: {} problem(s) in {}",
+            r.problems.len(),
+            r.package
+        );
+        for p in &r.problems {
+            eprintln!("  {p}");
+        }
+        return Ok(ExitCode::from(2));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -331,15 +358,7 @@ fn print_report(r: &InspectReport) {
         ),
         None => println!("manifest:        none"),
     }
-    let cert = serde_json::to_value(&r.certificate)
-        .ok()
-        .map(|v| match v {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
-            other => other.to_string(),
-        })
-        .unwrap_or_default();
-    println!("certificate:     {cert}");
+    println!("certificate:     {}", r.certificate.summary());
     println!("files:           {}", r.files.len());
     for f in &r.files {
         println!(
@@ -384,6 +403,12 @@ fn print_report(r: &InspectReport) {
         }
         for w in &s.warnings {
             println!("  warning: {w}");
+        }
+    }
+    if !r.unsupported_sections.is_empty() {
+        println!("import would refuse (required sections not understood; --force ignores them):");
+        for u in &r.unsupported_sections {
+            println!("  {} in {}", u.section, u.location);
         }
     }
     for w in &r.warnings {

@@ -14,7 +14,10 @@ use roxmltree::{Document, Node, ParsingOptions};
 
 use crate::encoding::decode_descriptor;
 use crate::error::{OvfError, Result};
-use crate::model::{Content, Dialect, Envelope, Sections, VirtualSystem, VirtualSystemCollection};
+use crate::model::{
+    Content, Dialect, Envelope, Sections, UnsupportedSection, VirtualSystem,
+    VirtualSystemCollection,
+};
 use crate::ns;
 
 pub(crate) use ctx::Ctx;
@@ -34,6 +37,9 @@ pub struct ParsedDescriptor {
     pub envelope: Envelope,
     /// Human-readable notes: ignored elements, uninterpreted sections, dialect quirks.
     pub warnings: Vec<String>,
+    /// Required sections not understood (always empty from [`parse_descriptor`], which
+    /// refuses them).
+    pub unsupported_required: Vec<UnsupportedSection>,
 }
 
 /// Parses and validates a descriptor. `file` names it in errors and warnings.
@@ -43,6 +49,22 @@ pub struct ParsedDescriptor {
 /// unsafe hrefs, dangling references, required sections this reader does not understand.
 /// It does not check that referenced files exist: that is the package's job.
 pub fn parse_descriptor(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
+    let parsed = parse_descriptor_lenient(bytes, file)?;
+    if let Some(u) = parsed.unsupported_required.first() {
+        return Err(OvfError::RequiredSection {
+            file: file.to_owned(),
+            section: u.section.clone(),
+            location: u.location.clone(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// [`parse_descriptor`] that describes a descriptor holding required sections this reader
+/// does not understand instead of refusing it: they are listed in
+/// [`ParsedDescriptor::unsupported_required`] (and kept in the model where they are
+/// sections). Everything else is refused as by [`parse_descriptor`].
+pub fn parse_descriptor_lenient(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
     let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
     if len > MAX_DESCRIPTOR_BYTES {
         return Err(OvfError::Limit {
@@ -97,6 +119,7 @@ pub fn parse_descriptor(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
     Ok(ParsedDescriptor {
         envelope,
         warnings: cx.warnings,
+        unsupported_required: cx.unsupported,
     })
 }
 
