@@ -12,6 +12,10 @@ command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v sfdisk >/dev/null || need+=(fdisk)
 command -v xmllint >/dev/null || need+=(libxml2-utils)
+# the NBD server's TLS (OpenSSL: rustls has no external PSK) and its TLS peers
+pkg-config --exists openssl 2>/dev/null || need+=(pkg-config libssl-dev)
+command -v openssl >/dev/null || need+=(openssl)
+command -v nbdinfo >/dev/null || need+=(libnbd-bin)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -10,8 +10,12 @@
 //! Protocol coverage: fixed newstyle handshake with `NO_ZEROES`; options `EXPORT_NAME`,
 //! `GO`, `INFO` (`EXPORT`, `NAME`, `DESCRIPTION`, `BLOCK_SIZE`), `LIST`, `ABORT`,
 //! `STRUCTURED_REPLY`, `LIST_META_CONTEXT`/`SET_META_CONTEXT` (`base:allocation`);
-//! `STARTTLS` is refused (`NBD_REP_ERR_POLICY`) and unknown options get
-//! `NBD_REP_ERR_UNSUP`. Commands `READ` (structured data/hole chunks, `DF`), `WRITE`,
+//! `STARTTLS` (FORCEDTLS mode with [`TlsConfig`] credentials, X.509 or PSK; refused with
+//! `NBD_REP_ERR_POLICY` without them), and unknown options get `NBD_REP_ERR_UNSUP`.
+//!
+//! Access control: Unix sockets are created owner-only (mode 0600 whatever the umask, and
+//! peers of another user refused) unless [`UnixSocketOptions`] widen them; TCP clients are
+//! authenticated by TLS when [`ServerConfig::tls`] is set. Commands `READ` (structured data/hole chunks, `DF`), `WRITE`,
 //! `FLUSH`, `TRIM`, `WRITE_ZEROES` (`NO_HOLE`, `FAST_ZERO`), `BLOCK_STATUS` (`REQ_ONE`),
 //! `DISC`, and `FUA` on all of them.
 //!
@@ -39,13 +43,16 @@ pub mod reply;
 pub mod request;
 pub mod server;
 mod shutdown;
+mod socket;
 mod stream;
+pub mod tls;
 pub mod transmission;
 
 pub use export::{
     block_status, BlockFlags, ExportProvider, StaticExports, Status, VolumeExports, MAX_STATUS_SPAN,
 };
 pub use request::{parse_request, Errno, ProtocolError, Request};
-pub use server::{ListenAddr, Server, ServerConfig, ServerError};
+pub use server::{ListenAddr, Server, ServerConfig, ServerError, UnixSocketOptions};
 pub use shutdown::ShutdownSignal;
+pub use tls::{TlsConfig, TlsError};
 pub use vdisk_blockdev::{Export, MemDevice};

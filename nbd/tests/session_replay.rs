@@ -5,7 +5,9 @@ use std::io::{self, Cursor, Read, Write};
 use std::sync::Arc;
 use vdisk_blockdev::BlockDevice;
 
-use vdisk_nbd::handshake::{negotiate, HandshakeConfig, HandshakeError, HandshakeOutcome};
+use vdisk_nbd::handshake::{
+    negotiate, HandshakeConfig, HandshakeError, HandshakeOutcome, HandshakeStream,
+};
 use vdisk_nbd::option::{
     encode_info_request, encode_meta_context_request, InfoRequest, MetaContextRequest,
 };
@@ -19,6 +21,9 @@ struct Duplex {
     input: Cursor<Vec<u8>>,
     output: Vec<u8>,
 }
+
+/// NOTLS: the in-memory client never gets TLS.
+impl HandshakeStream for Duplex {}
 
 impl Read for Duplex {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

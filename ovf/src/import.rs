@@ -18,7 +18,7 @@ use crate::error::{OvfError, Result};
 use crate::mapping::{map_system, select_system, DiskOrigin, MappedVm};
 use crate::model::{Envelope, FileRef};
 use crate::package::Package;
-use crate::parse::{parse_descriptor, ParsedDescriptor};
+use crate::parse::{parse_descriptor_lenient, ParsedDescriptor};
 use crate::verify::{verify, Mode, Verification, MAX_CHUNKS};
 
 /// Options of [`import_verify_with`].
@@ -28,6 +28,9 @@ pub struct ImportOptions {
     pub system: Option<String>,
     /// Refuse packages without a manifest (default: accept them with a warning).
     pub require_manifest: bool,
+    /// Import even when the descriptor holds required sections this reader does not
+    /// understand (DSP0243 lets a consumer refuse them); each ignored one is a warning.
+    pub force: bool,
 }
 
 /// One disk to create for the imported VM.
@@ -125,7 +128,27 @@ pub fn import_verify_ova(
 
 fn verify_package(package: Package, opts: &ImportOptions) -> Result<VerifiedPackage> {
     let label = format!("{}: {}", package.display, package.descriptor_name);
-    let parsed = parse_descriptor(&package.descriptor, &label)?;
+    let mut parsed = parse_descriptor_lenient(&package.descriptor, &label)?;
+    if let Some(u) = parsed.unsupported_required.first() {
+        if !opts.force {
+            return Err(OvfError::RequiredSection {
+                file: label,
+                section: u.section.clone(),
+                location: u.location.clone(),
+            });
+        }
+        let ignored: Vec<String> = parsed
+            .unsupported_required
+            .iter()
+            .map(|u| {
+                format!(
+                    "{label}: forced: ignored required section {} in {}; whatever it asks of the VM is not done",
+                    u.section, u.location
+                )
+            })
+            .collect();
+        parsed.warnings.extend(ignored);
+    }
     let env = &parsed.envelope;
     let verification = verify(&package, env, Mode::Import)?;
     if opts.require_manifest && verification.manifest.is_none() {

@@ -21,7 +21,7 @@ pub enum ExtentData {
     /// Reads as zeros (ZERO).
     Zero,
     /// Hosted sparse (SPARSE, streamOptimized).
-    Sparse(Box<SparseExtent>),
+    Sparse(Arc<SparseExtent>),
 }
 
 /// One extent of a disk, placed in the disk's virtual address space.

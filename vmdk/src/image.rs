@@ -2,6 +2,7 @@
 
 use crate::disk::{resolve_inside, Disk};
 use crate::error::{Result, VmdkError};
+use crate::files::{FileSet, OpenOptions};
 use crate::source::ReadAt;
 use std::collections::HashSet;
 use std::io;
@@ -50,43 +51,47 @@ impl ChainLayer {
 }
 
 impl VmdkImage {
-    /// Opens a descriptor or monolithic file and its parent chain. Extents and parents
-    /// are looked up in the file's folder (paths leaving it are refused; an absolute
-    /// parent hint is looked up by its file name in that folder). Each parent's CID must
-    /// match its child's `parentCID`.
+    /// Opens a descriptor or monolithic file and its parent chain with default
+    /// [`OpenOptions`]: extents and parents must lie in the file's folder.
     pub fn open(path: &Path) -> Result<VmdkImage> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// Opens a descriptor or monolithic file and its parent chain. Extents and parents
+    /// are looked up in the file's folder (relative paths leaving it are refused; an
+    /// absolute parent hint is looked up by its file name in that folder) and, once every
+    /// symlink is resolved, must lie in that folder or one of `opts.allowed_dirs`. Only
+    /// regular files are opened (a FIFO or a device is refused before any read), each
+    /// distinct file once however many lines name it. Each parent's CID must match its
+    /// child's `parentCID`.
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<VmdkImage> {
+        let mut files = FileSet::new(opts);
         let mut disks: Vec<Arc<Disk>> = Vec::new();
         let mut seen = HashSet::new();
         let mut cur: PathBuf = path.to_path_buf();
         loop {
-            let canon = std::fs::canonicalize(&cur).unwrap_or_else(|_| cur.clone());
-            if let Some(child) = disks.last() {
-                if !seen.insert(canon) {
-                    return Err(VmdkError::invalid(
-                        &child.name,
-                        "parentFileNameHint",
-                        format!("{} is already in the chain (loop)", cur.display()),
-                    ));
+            let opened = match disks.last() {
+                None => files.open_top(&cur)?,
+                Some(child) => {
+                    if disks.len() >= MAX_CHAIN_DEPTH {
+                        return Err(VmdkError::invalid(
+                            &child.name,
+                            "parentFileNameHint",
+                            format!("chain deeper than {MAX_CHAIN_DEPTH} files"),
+                        ));
+                    }
+                    files.open_named(&cur, &child.name, "parent", "parentFileNameHint")?
                 }
-                if disks.len() >= MAX_CHAIN_DEPTH {
-                    return Err(VmdkError::invalid(
-                        &child.name,
-                        "parentFileNameHint",
-                        format!("chain deeper than {MAX_CHAIN_DEPTH} files"),
-                    ));
-                }
-                if !cur.exists() {
-                    return Err(VmdkError::Missing {
-                        file: child.name.clone(),
-                        role: "parent",
-                        target: cur,
-                        source: io::ErrorKind::NotFound.into(),
-                    });
-                }
-            } else {
-                seen.insert(canon);
+            };
+            if !seen.insert(opened.id) {
+                let child = disks.last().map_or("", |d| d.name.as_str());
+                return Err(VmdkError::invalid(
+                    child,
+                    "parentFileNameHint",
+                    format!("{} is already in the chain (loop)", cur.display()),
+                ));
             }
-            let disk = Disk::open_path(&cur)?;
+            let disk = Disk::open_path(&cur, &opened, &mut files)?;
             if let Some(child) = disks.last() {
                 let expected = child
                     .descriptor

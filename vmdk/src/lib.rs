@@ -15,6 +15,7 @@ pub mod descriptor;
 mod disk;
 mod error;
 mod extent;
+mod files;
 mod image;
 mod info;
 mod sniff;
@@ -24,6 +25,7 @@ mod write;
 
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType};
 pub use error::{Result, VmdkError};
+pub use files::{open_regular, OpenOptions, MAX_OPEN_TABLE_BYTES};
 pub use image::{ChainLayer, VmdkImage, MAX_CHAIN_DEPTH};
 pub use info::{ExtentInfo, LayerInfo, SparseInfo, VmdkInfo};
 pub use sniff::looks_like_vmdk;

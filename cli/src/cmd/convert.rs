@@ -45,6 +45,10 @@ pub struct Args {
     /// Cluster size of a vdisk output.
     #[arg(long, value_parser = parse_size, default_value = "64K")]
     pub cluster_size: u64,
+    /// A VMDK source may read extents and parents from this folder too (repeatable). By
+    /// default only files inside the VMDK's own folder are read, symlinks resolved.
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    pub allow_dirs: Vec<PathBuf>,
     /// Source image (a VMDK's parents are found through its parentFileNameHint).
     pub src: PathBuf,
     /// Destination image (must not exist).
@@ -116,9 +120,15 @@ fn open_input(a: &Args, fmt: Format) -> Result<Input> {
                     .with_context(|| format!("cannot open {}", a.src.display()))?,
             ))
         }
-        Format::Vmdk => Input::Vmdk(Box::new(
-            VmdkImage::open(&a.src).context("cannot open the VMDK source")?,
-        )),
+        Format::Vmdk => {
+            let opts = vdisk_vmdk::OpenOptions {
+                allowed_dirs: a.allow_dirs.clone(),
+                ..Default::default()
+            };
+            Input::Vmdk(Box::new(
+                VmdkImage::open_with(&a.src, &opts).context("cannot open the VMDK source")?,
+            ))
+        }
     })
 }
 

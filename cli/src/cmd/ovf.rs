@@ -77,6 +77,10 @@ pub struct ImportArgs {
     /// Cluster size of the bundles created.
     #[arg(long, value_parser = crate::size::parse_size, default_value = "64K")]
     pub cluster_size: u64,
+    /// Import even when the descriptor holds required sections vdisk does not understand
+    /// (`ovf inspect` lists them); each one ignored is reported.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::Args)]
@@ -86,7 +90,8 @@ pub struct InspectArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// Also hash every file the manifest lists (reads the whole package).
+    /// Also hash every file the manifest lists (reads the whole package), and exit with
+    /// status 2 if any file is missing, has the wrong size or digest, or is not listed.
     #[arg(long)]
     pub verify: bool,
 }
@@ -193,63 +198,38 @@ fn run_export(a: ExportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `import` created, removed again if a later step fails.
-struct Created {
-    dir: Option<PathBuf>,
-    paths: Vec<PathBuf>,
-    done: bool,
-}
-
-impl Drop for Created {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        for p in &self.paths {
-            let _ = std::fs::remove_dir_all(p);
-        }
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 fn run_import(a: ImportArgs) -> Result<ExitCode> {
     let opts = ImportOptions {
         system: a.system.clone(),
         require_manifest: a.require_manifest,
+        force: a.force,
     };
-    let dest_exists = a.dest.exists();
-    if dest_exists {
-        let empty = std::fs::read_dir(&a.dest)
-            .with_context(|| format!("{}: not a folder", a.dest.display()))?
-            .next()
-            .is_none();
-        if !empty {
-            bail!("{}: exists and is not empty", a.dest.display());
-        }
-    }
+    vdisk_ovf::check_destination(&a.dest)?;
     // Every check happens before anything is written.
-    let pkg = import_verify_with(&a.pkg, &opts).context("package refused, nothing written")?;
+    let pkg = import_verify_with(&a.pkg, &opts).map_err(|e| {
+        let hint = matches!(e, vdisk_ovf::OvfError::RequiredSection { .. });
+        let e = anyhow::Error::new(e).context("package refused, nothing written");
+        if hint {
+            e.context(
+                "`vdisk ovf inspect` lists what is not understood; --force imports without it",
+            )
+        } else {
+            e
+        }
+    })?;
     for w in pkg.warnings() {
         eprintln!("warning: {w}");
     }
-    let mut created = Created {
-        dir: None,
-        paths: Vec::new(),
-        done: false,
-    };
-    if !dest_exists {
-        std::fs::create_dir_all(&a.dest)
-            .with_context(|| format!("cannot create {}", a.dest.display()))?;
-        created.dir = Some(a.dest.clone());
-    }
-    import_disks(&pkg, &a.dest, a.cluster_size, &mut created)?;
-    let cfg_path = a.dest.join(CONFIG_FILE_NAME);
+    // Built under a temporary name beside DEST and renamed when complete; on any failure
+    // the temporary folder and every folder made for DEST are removed.
+    let staging = vdisk_ovf::ImportDestination::prepare(&a.dest)?;
+    import_disks(&pkg, staging.path(), a.cluster_size)?;
+    let cfg_path = staging.path().join(CONFIG_FILE_NAME);
     vdisk_vmconfig::save(pkg.vm_config(), &cfg_path)
         .with_context(|| format!("cannot write {}", cfg_path.display()))?;
-    created.paths.push(cfg_path.clone());
-    created.done = true;
+    staging
+        .commit()
+        .with_context(|| format!("cannot complete the import into {}", a.dest.display()))?;
     let cfg = pkg.vm_config();
     println!(
         "Imported {} into {}: {} ({} vCPU, {} MiB, {} disk(s), {} NIC(s))",
@@ -264,17 +244,12 @@ fn run_import(a: ImportArgs) -> Result<ExitCode> {
     for d in pkg.disks() {
         println!("  {:<30} {}", d.bundle_path, human(d.capacity));
     }
-    println!("  {}", cfg_path.display());
+    println!("  {}", a.dest.join(CONFIG_FILE_NAME).display());
     Ok(ExitCode::SUCCESS)
 }
 
 /// Converts every disk of the verified package into `dest/<bundle_path>`.
-fn import_disks(
-    pkg: &VerifiedPackage,
-    dest: &Path,
-    cluster_size: u64,
-    created: &mut Created,
-) -> Result<()> {
+fn import_disks(pkg: &VerifiedPackage, dest: &Path, cluster_size: u64) -> Result<()> {
     let mut total = 0u64;
     for d in pkg.disks() {
         total += data_bytes(d.source.as_ref())
@@ -299,7 +274,6 @@ fn import_disks(
                 subcluster_size: None,
             },
         )?;
-        created.paths.push(path.clone());
         copy(d.source.as_ref(), &disk, &opts).with_context(|| {
             format!(
                 "{}: disk {} into {}",
@@ -328,6 +302,17 @@ fn run_inspect(a: InspectArgs) -> Result<ExitCode> {
     } else {
         print_report(&r);
     }
+    if a.verify && !r.problems.is_empty() {
+        eprintln!(
+            "vdisk: verification failed: {} problem(s) in {}",
+            r.problems.len(),
+            r.package
+        );
+        for p in &r.problems {
+            eprintln!("  {p}");
+        }
+        return Ok(ExitCode::from(2));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -355,15 +340,7 @@ fn print_report(r: &InspectReport) {
         ),
         None => println!("manifest:        none"),
     }
-    let cert = serde_json::to_value(&r.certificate)
-        .ok()
-        .map(|v| match v {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
-            other => other.to_string(),
-        })
-        .unwrap_or_default();
-    println!("certificate:     {cert}");
+    println!("certificate:     {}", r.certificate.summary());
     println!("files:           {}", r.files.len());
     for f in &r.files {
         println!(
@@ -408,6 +385,12 @@ fn print_report(r: &InspectReport) {
         }
         for w in &s.warnings {
             println!("  warning: {w}");
+        }
+    }
+    if !r.unsupported_sections.is_empty() {
+        println!("import would refuse (required sections not understood; --force ignores them):");
+        for u in &r.unsupported_sections {
+            println!("  {} in {}", u.section, u.location);
         }
     }
     for w in &r.warnings {

@@ -227,6 +227,17 @@ impl SparseExtent {
         })
     }
 
+    /// Memory held by the grain directory and the table bookkeeping, in bytes (grain
+    /// tables themselves are cached with a fixed bound).
+    pub fn table_bytes(&self) -> u64 {
+        let index = match &self.index {
+            Index::Tables { gd } => gd.len() as u64 * 4,
+            // A BTreeMap entry of two u64 costs about twice its payload.
+            Index::Scanned { grains } => grains.len() as u64 * 32,
+        };
+        index + self.metadata.len() as u64 * 16
+    }
+
     /// Extent size in bytes (the header's capacity).
     pub fn capacity_bytes(&self) -> u64 {
         self.capacity_bytes
