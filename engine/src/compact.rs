@@ -204,13 +204,9 @@ pub fn compact(store: &dyn Store, opts: &CompactOptions) -> Result<(CompactRepor
     let g = Geometry::from_sizes(m.virtual_size, m.cluster_size, m.subcluster_size)
         .map_err(|e| e.in_object("manifest"))?;
     if let Some(id) = opts.layer {
-        let rec = m
-            .layer(id)
-            .ok_or_else(|| Error::InvalidArgument(format!("no layer {id}")))?;
+        let rec = m.layer(id).ok_or(Error::LayerNotFound(id))?;
         if !rec.sealed {
-            return Err(Error::InvalidArgument(
-                "the active layer is compacted once it is sealed: take a snapshot first".into(),
-            ));
+            return Err(Error::LayerNotSealed(id));
         }
     }
     let targets: Vec<LayerRecord> = m
@@ -231,9 +227,7 @@ pub fn compact(store: &dyn Store, opts: &CompactOptions) -> Result<(CompactRepor
         let id = rec.id;
         let file2 = file.clone();
         let (m2, ()) = update_manifest_locked(store, move |m| {
-            let r = m
-                .layer_mut(id)
-                .ok_or_else(|| Error::InvalidArgument(format!("layer {id} vanished")))?;
+            let r = m.layer_mut(id).ok_or(Error::LayerNotFound(id))?;
             r.file = file2;
             r.externs.clear();
             Ok(())

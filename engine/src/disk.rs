@@ -98,9 +98,7 @@ impl Resolver for HeadResolver<'_> {
                 .active
                 .files()
                 .get(usize::from(file))
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!("no data file {file} in the active layer"))
-                })
+                .ok_or_else(|| Error::Internal(format!("no data file {file} in the active layer")))
         } else {
             self.st.chain.object(layer, file)
         }
@@ -354,8 +352,12 @@ impl Disk {
         let sub = opts
             .subcluster_size
             .unwrap_or_else(|| Geometry::default_subcluster_size(opts.cluster_size));
-        let geometry = Geometry::from_sizes(size, opts.cluster_size, sub)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {}", e.field, e.reason)))?;
+        let geometry = Geometry::from_sizes(size, opts.cluster_size, sub).map_err(|e| {
+            Error::InvalidGeometry {
+                field: e.field,
+                reason: e.reason,
+            }
+        })?;
         let lock = store
             .lock_writer()
             .map_err(|e| map_lock_err(store.as_ref(), e))?;
@@ -365,9 +367,7 @@ impl Disk {
             .map_err(|e| Error::io(format!("{loc}/manifest"), "read", e))?
             .is_some()
         {
-            return Err(Error::InvalidArgument(format!(
-                "{loc} already holds a bundle"
-            )));
+            return Err(Error::BundleExists { path: loc });
         }
         let id = Id::random();
         let now = now_ns();
@@ -459,9 +459,7 @@ impl Disk {
         // another thread as a failed one.
         let guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::InvalidArgument(
-                "an earlier snapshot operation failed half-way; reopen the disk".into(),
-            ));
+            return Err(Error::Poisoned);
         }
         Ok(guard)
     }

@@ -36,7 +36,7 @@ pub mod view;
 
 pub use alloc::{Extent, ExtentKind};
 pub use disk::{CreateOptions, Disk, SnapshotInfo};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use format::{Geometry, Id};
 pub use resolve::is_zero;
 pub use store::{CrashMode, LocalStore, MemStore, Object, Store};

@@ -286,9 +286,9 @@ pub fn merge_offline(store: &dyn Store, names: &[String]) -> Result<MergeReport>
             .snapshot(n)
             .ok_or_else(|| Error::SnapshotNotFound(n.clone()))?;
         if let Plan::FoldIntoActive { .. } = plan(&m, s.layer) {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot {n:?} is the parent of the active layer: the process that has the disk open for writing must merge it"
-            )));
+            return Err(Error::NeedsWriter {
+                snapshot: n.clone(),
+            });
         }
     }
     let names2 = names.to_vec();
@@ -313,16 +313,16 @@ pub fn merge_offline(store: &dyn Store, names: &[String]) -> Result<MergeReport>
 }
 
 /// Refuse when one of `names` is pinned (the policy and explicit runs never merge those).
-fn refuse_pinned(m: &Manifest, names: &[String], why: &str) -> Result<()> {
+fn refuse_pinned(m: &Manifest, names: &[String], why: &'static str) -> Result<()> {
     match m
         .snapshots
         .iter()
         .find(|s| s.pinned && names.contains(&s.name))
     {
-        Some(p) => Err(Error::InvalidArgument(format!(
-            "snapshot {:?} {why}",
-            p.name
-        ))),
+        Some(p) => Err(Error::Pinned {
+            name: p.name.clone(),
+            why,
+        }),
         None => Ok(()),
     }
 }
@@ -393,9 +393,14 @@ impl Disk {
             .snapshot(newer)
             .ok_or_else(|| Error::SnapshotNotFound(newer.into()))?;
         let chain = m.chain(n.layer);
-        let start = chain.iter().position(|l| *l == o.layer).ok_or_else(|| {
-            Error::InvalidArgument(format!("{older:?} is not an ancestor of {newer:?}"))
-        })?;
+        let start =
+            chain
+                .iter()
+                .position(|l| *l == o.layer)
+                .ok_or_else(|| Error::NotAnAncestor {
+                    older: older.into(),
+                    newer: newer.into(),
+                })?;
         let run: Vec<Id> = chain[start..].to_vec();
         let names: Vec<String> = m
             .snapshots
@@ -403,11 +408,12 @@ impl Disk {
             .filter(|s| run.contains(&s.layer) && s.name != newer)
             .map(|s| s.name.clone())
             .collect();
-        refuse_pinned(&m, &names, "is pinned; unpin it first")?;
+        refuse_pinned(&m, &names, "a range merge would remove it")?;
         if names.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "no snapshot between {older:?} and {newer:?} to merge"
-            )));
+            return Err(Error::NothingToMerge {
+                older: older.into(),
+                newer: newer.into(),
+            });
         }
         self.merge_snapshots(&names)
     }
@@ -420,13 +426,10 @@ impl Disk {
         let parent = m
             .layer(m.active_layer)
             .and_then(|l| l.parent)
-            .ok_or_else(|| {
-                Error::InvalidArgument("the head has no parent layer: nothing to commit".into())
-            })?;
-        if m.children(parent).len() > 1 {
-            return Err(Error::InvalidArgument(
-                "the parent layer is shared by another branch; commit would change it".into(),
-            ));
+            .ok_or(Error::NothingToCommit)?;
+        let branches = m.children(parent).len();
+        if branches > 1 {
+            return Err(Error::SharedLayer { branches });
         }
         let names: Vec<String> = m
             .snapshots
@@ -434,7 +437,7 @@ impl Disk {
             .filter(|s| s.layer == parent)
             .map(|s| s.name.clone())
             .collect();
-        refuse_pinned(&m, &names, "holds the parent layer and is pinned")?;
+        refuse_pinned(&m, &names, "it holds the parent layer a commit folds")?;
         if names.is_empty() {
             // Anonymous parent: fold it directly.
             let mut st = self.write_state()?;

@@ -283,7 +283,7 @@ impl Chain {
         self.layers
             .get(layer as usize)
             .and_then(|l| l.files.get(usize::from(file)))
-            .ok_or_else(|| Error::InvalidArgument(format!("no data file {file} in layer {layer}")))
+            .ok_or_else(|| Error::Internal(format!("no data file {file} in layer {layer}")))
     }
 }
 

@@ -137,7 +137,8 @@ pub fn export_diff(
         to: snap(to)?,
         created_ns: now_ns(),
     };
-    let json = serde_json::to_vec(&header).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let json = serde_json::to_vec(&header)
+        .map_err(|e| Error::Internal(format!("stream header JSON: {e}")))?;
     let mut head = Vec::with_capacity(24 + json.len());
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&VERSION.to_le_bytes());
@@ -335,14 +336,14 @@ impl Disk {
         let g = st.geometry;
         let m = st.manifest.clone();
         if h.virtual_size != g.virtual_size() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::StreamMismatch(format!(
                 "the stream is for a disk of {} bytes; this disk has {}",
                 h.virtual_size,
                 g.virtual_size()
             )));
         }
         if let Some(s) = m.snapshots.iter().find(|s| s.id == h.to.id) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::StreamMismatch(format!(
                 "snapshot {} ({:?}) is already here",
                 h.to.id.short(),
                 s.name
@@ -357,7 +358,7 @@ impl Disk {
                     .iter()
                     .find(|s| s.id == f.id)
                     .ok_or_else(|| {
-                        Error::InvalidArgument(format!(
+                        Error::StreamMismatch(format!(
                             "the stream starts from snapshot {:?} (id {}), which this disk does not hold",
                             f.name, f.id
                         ))

@@ -67,7 +67,7 @@ impl View {
                 other => return other,
             }
         }
-        Err(last.unwrap_or_else(|| Error::InvalidArgument("open retries exhausted".into())))
+        Err(last.unwrap_or_else(|| Error::Internal("open retries exhausted".into())))
     }
 
     fn try_open(store: &dyn Store, target: &Target) -> Result<View> {

@@ -36,7 +36,7 @@ pub const READER_POLL: Duration = Duration::from_millis(200);
 pub fn io_error(e: Error) -> io::Error {
     let msg = chain(&e);
     match &e {
-        Error::OutOfRange { .. } | Error::InvalidArgument(_) => {
+        Error::OutOfRange { .. } | Error::InvalidGeometry { .. } => {
             io::Error::new(io::ErrorKind::InvalidInput, msg)
         }
         Error::ReadOnly(_) => io::Error::new(io::ErrorKind::PermissionDenied, msg),

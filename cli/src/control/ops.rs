@@ -32,7 +32,11 @@ impl From<Error> for OpError {
         let code = match &e {
             Error::SnapshotNotFound(_) => "not_found",
             Error::SnapshotExists(_) => "exists",
-            Error::InvalidName { .. } | Error::InvalidArgument(_) | Error::OutOfRange { .. } => {
+            e if matches!(
+                e.kind(),
+                vdisk_engine::ErrorKind::Invalid | vdisk_engine::ErrorKind::Refused
+            ) =>
+            {
                 "invalid"
             }
             _ => "failed",

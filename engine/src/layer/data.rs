@@ -398,7 +398,7 @@ pub(crate) fn hash_entries(
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(Error::InvalidArgument("hash worker panicked".into())))
+                    .unwrap_or_else(|_| Err(Error::Internal("hash worker panicked".into())))
             })
             .collect()
     });
