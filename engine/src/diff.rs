@@ -186,12 +186,13 @@ pub(crate) fn prepare(store: &dyn Store, from: &Point, to: &Point) -> Result<Pre
     let b = to.layer(&m)?.map(|l| m.chain(l)).unwrap_or_default();
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let mut opened: HashMap<Id, Arc<LayerData>> = HashMap::new();
+    let idx = m.index();
     let mut open = |id: &Id| -> Result<Arc<LayerData>> {
         if let Some(d) = opened.get(id) {
             return Ok(d.clone());
         }
-        let rec = m
-            .layer(*id)
+        let rec = idx
+            .get(*id)
             .ok_or_else(|| Error::format("manifest", "layers", format!("missing {id}")))?;
         let d = Arc::new(LayerData::open(store, rec, &g)?);
         opened.insert(*id, d.clone());

@@ -252,8 +252,9 @@ pub(crate) fn open_chain(
 ) -> Result<Chain> {
     let mut layers = Vec::new();
     if let Some(top) = top {
-        for id in m.chain(top) {
-            let rec = m.layer(id).ok_or_else(|| {
+        let idx = m.index();
+        for id in idx.chain(top) {
+            let rec = idx.get(id).ok_or_else(|| {
                 Error::format("manifest", "layers", format!("missing layer {id}"))
             })?;
             let data = match cache.get(&rec.file) {
@@ -332,6 +333,10 @@ pub(crate) fn snapshot_info(
     s: &SnapshotRecord,
     layer_bytes: Option<u64>,
 ) -> SnapshotInfo {
+    info_at_depth(s, layer_bytes, m.chain(s.layer).len())
+}
+
+fn info_at_depth(s: &SnapshotRecord, layer_bytes: Option<u64>, depth: usize) -> SnapshotInfo {
     SnapshotInfo {
         id: s.id,
         name: s.name.clone(),
@@ -339,10 +344,26 @@ pub(crate) fn snapshot_info(
         created: rfc3339(s.created_ns),
         layer: s.layer,
         pinned: s.pinned,
-        depth: m.chain(s.layer).len(),
+        depth,
         layer_bytes,
         has_vm_state: s.vm_state.is_some(),
     }
+}
+
+/// Every snapshot of `m` for a listing, in O(layers + snapshots); `layer_bytes` gives the
+/// bytes held by a snapshot's own layer where known.
+pub(crate) fn snapshot_infos(
+    m: &Manifest,
+    layer_bytes: impl Fn(&SnapshotRecord) -> Option<u64>,
+) -> Vec<SnapshotInfo> {
+    let depths = m.index().depths();
+    m.snapshots
+        .iter()
+        .map(|s| {
+            let depth = depths.get(&s.layer).copied().flatten().unwrap_or(0);
+            info_at_depth(s, layer_bytes(s), depth)
+        })
+        .collect()
 }
 
 impl Disk {
@@ -528,16 +549,12 @@ impl Disk {
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
         let st = self.read_state();
         let m = &st.manifest;
-        m.snapshots
-            .iter()
-            .map(|s| {
-                let bytes = m
-                    .layer(s.layer)
-                    .and_then(|l| st.cache.get(&l.file))
-                    .map(|d| d.allocated_bytes());
-                snapshot_info(m, s, bytes)
-            })
-            .collect()
+        let idx = m.index();
+        snapshot_infos(m, |s| {
+            idx.get(s.layer)
+                .and_then(|l| st.cache.get(&l.file))
+                .map(|d| d.allocated_bytes())
+        })
     }
 
     /// Take a snapshot of the head: seal the active layer and start a new one on top. O(1) in

@@ -15,7 +15,7 @@ use crate::layer::writer::LayerWriter;
 use crate::layer::{hash_entry, read_entry_data, LayerData};
 use crate::store::{Object, Store};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a merge did.
@@ -187,7 +187,7 @@ enum Plan {
     /// The layer has no children: drop it.
     Drop,
     /// Two or more branches share the layer: keep it, anonymous.
-    KeepShared(usize),
+    KeepShared,
     /// Fold the layer into its one sealed child.
     FoldIntoSealed { layer: Id, child: Id },
     /// Fold the layer into the active layer (its one child).
@@ -200,18 +200,27 @@ fn plan(m: &Manifest, layer: Id) -> Plan {
         [] => Plan::Drop,
         [c] if *c == m.active_layer => Plan::FoldIntoActive { layer },
         [c] => Plan::FoldIntoSealed { layer, child: *c },
-        more => Plan::KeepShared(more.len()),
+        _ => Plan::KeepShared,
     }
+}
+
+/// Sealed layers no snapshot names, with their number of children. O(layers + snapshots).
+fn snapshotless(m: &Manifest) -> Vec<(Id, usize)> {
+    let named: HashSet<Id> = m.snapshots.iter().map(|s| s.layer).collect();
+    let counts = m.index().child_counts();
+    m.layers
+        .iter()
+        .filter(|l| l.sealed && !named.contains(&l.id))
+        .map(|l| (l.id, counts.get(&l.id).copied().unwrap_or(0)))
+        .collect()
 }
 
 /// Layers with no snapshot and one child (left by deletions): each is folded into its child.
 fn anonymous_layers(m: &Manifest) -> Vec<Id> {
-    m.layers
-        .iter()
-        .filter(|l| {
-            l.sealed && !m.snapshots.iter().any(|s| s.layer == l.id) && m.children(l.id).len() == 1
-        })
-        .map(|l| l.id)
+    snapshotless(m)
+        .into_iter()
+        .filter(|&(_, n)| n == 1)
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -328,14 +337,12 @@ fn refuse_pinned(m: &Manifest, names: &[String], why: &'static str) -> Result<()
 }
 
 fn note_shared(m: &Manifest, report: &mut MergeReport) {
-    for l in &m.layers {
-        if l.sealed && !m.snapshots.iter().any(|s| s.layer == l.id) {
-            if let Plan::KeepShared(n) = plan(m, l.id) {
-                report.notes.push(format!(
-                    "layer {} has no snapshot but is shared by {n} branches; kept",
-                    l.id.short()
-                ));
-            }
+    for (id, n) in snapshotless(m) {
+        if n >= 2 {
+            report.notes.push(format!(
+                "layer {} has no snapshot but is shared by {n} branches; kept",
+                id.short()
+            ));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`View`]: a read-only view of a snapshot or of the head, opened without the writer lock.
 
 use crate::alloc::{self, AllocSource, Extent};
-use crate::disk::{open_chain, read_manifest, snapshot_info, SnapshotInfo};
+use crate::disk::{open_chain, read_manifest, snapshot_infos, SnapshotInfo};
 use crate::error::{Error, Result};
 use crate::format::manifest::Manifest;
 use crate::format::{Geometry, Id};
@@ -153,10 +153,7 @@ impl View {
             .iter()
             .map(|l| (l.id, l.allocated_bytes()))
             .collect();
-        m.snapshots
-            .iter()
-            .map(|s| snapshot_info(m, s, bytes.get(&s.layer).copied()))
-            .collect()
+        snapshot_infos(m, |s| bytes.get(&s.layer).copied())
     }
 
     /// Layers of the chain, base first.
