@@ -6,7 +6,6 @@
 use crate::disk::read_manifest;
 use crate::error::{Error, Result};
 use crate::format::manifest::{journal_name, LayerRecord, Manifest};
-use crate::format::map::MapEntry;
 use crate::format::Geometry;
 use crate::layer::data::{check_entry_bounds, read_externs, read_map, replay_journal};
 use crate::layer::{hash_entries, read_header};
@@ -68,6 +67,8 @@ impl CheckReport {
             Error::Missing { object } => {
                 self.problem(&object, "object", "missing (named by the manifest)")
             }
+            Error::Damaged { object, reason } => self.problem(&object, "damaged", reason),
+            Error::Limit { .. } => self.problem(object, "limit", e.to_string()),
             other => {
                 let mut msg = other.to_string();
                 let mut src = std::error::Error::source(&other);
@@ -211,24 +212,8 @@ fn check_layer(
         Err(e) => return r.record_error(name, e),
     };
     if is_active {
-        match replay_journal(store, name, &h) {
-            Ok((replayed, note)) => {
-                if let Some(n) = note {
-                    r.notes.push(n);
-                }
-                if !replayed.is_empty() {
-                    let mut map: std::collections::BTreeMap<u64, MapEntry> =
-                        entries.iter().map(|e| (e.guest_cluster, *e)).collect();
-                    for e in replayed {
-                        if e.is_void() {
-                            map.remove(&e.guest_cluster);
-                        } else {
-                            map.insert(e.guest_cluster, e);
-                        }
-                    }
-                    entries = map.into_values().collect();
-                }
-            }
+        match replay_journal(store, name, &h, &mut entries) {
+            Ok(note) => r.notes.extend(note),
             Err(e) => r.record_error(&journal_name(name), e),
         }
     }

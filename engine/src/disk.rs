@@ -114,11 +114,9 @@ impl AllocSource for HeadResolver<'_> {
         }
     }
     fn skip_empty(&self, c: u64) -> Option<u64> {
-        if self.st.active.chunk_empty(c) {
-            self.st.chain.map.skip_empty(c)
-        } else {
-            None
-        }
+        let a = self.st.active.empty_until(c)?;
+        let b = self.st.chain.map.skip_empty(c)?;
+        Some(a.min(b))
     }
 }
 
@@ -270,7 +268,7 @@ pub(crate) fn open_chain(
             layers.push(data);
         }
     }
-    Ok(Chain::new(geometry, layers))
+    Chain::new(geometry, layers)
 }
 
 /// Check a snapshot name against the manifest's rules.
@@ -418,7 +416,7 @@ impl Disk {
             .map_err(|e| Error::io(format!("{loc}/manifest"), "write", e))?;
         Ok(Disk {
             state: RwLock::new(State {
-                chain: Chain::new(geometry, Vec::new()),
+                chain: Chain::new(geometry, Vec::new())?,
                 manifest,
                 geometry,
                 active,
@@ -617,7 +615,7 @@ impl Disk {
         })?;
         let _ = self.store.remove_object(&journal_name(&old_file));
         st.cache.insert(old_file, sealed.clone());
-        st.chain.push(sealed.clone());
+        st.chain.push(sealed.clone())?;
         st.manifest = m;
         self.poisoned
             .store(false, std::sync::atomic::Ordering::SeqCst);

@@ -111,12 +111,8 @@ pub enum Error {
     },
     /// A structure the read needs is damaged on every copy: the data it describes cannot be
     /// reached (a damaged layer costs only what that layer holds).
-    #[error("{object}: damaged ({reason}); guest offset {guest_offset} cannot be read")]
-    Damaged {
-        object: String,
-        reason: String,
-        guest_offset: u64,
-    },
+    #[error("{object}: damaged: {reason}")]
+    Damaged { object: String, reason: String },
     /// A broken internal invariant (a bug): the operation stopped before doing harm.
     #[error("internal error: {0}")]
     Internal(String),

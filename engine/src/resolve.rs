@@ -9,8 +9,7 @@ use crate::layer::LayerData;
 use crate::store::Object;
 use std::sync::Arc;
 
-const CHUNK_BITS: u32 = 10;
-const CHUNK: usize = 1 << CHUNK_BITS;
+use crate::sparse::{boxed_leaf, SparseDir, LEAF};
 
 /// One layer's say over one cluster, restricted to the subclusters no higher layer decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,41 +99,46 @@ impl Loc {
 /// The resolved map of a chain of read-only layers.
 #[derive(Debug, Default)]
 pub(crate) struct ChainMap {
-    chunks: Vec<Option<Box<[Slot]>>>,
+    dir: SparseDir<[Slot; LEAF]>,
     sub_size: u64,
 }
 
 impl ChainMap {
-    pub fn new(geometry: &Geometry) -> Self {
-        let n = geometry.cluster_count().div_ceil(CHUNK as u64) as usize;
-        ChainMap {
-            chunks: vec![None; n],
+    /// An empty map; `budget` bounds the bytes it may allocate.
+    pub fn new(geometry: &Geometry, budget: u64) -> Result<Self> {
+        Ok(ChainMap {
+            dir: SparseDir::new(geometry.cluster_count(), budget, "the chain's resolved map")?,
             sub_size: geometry.subcluster_size(),
-        }
+        })
     }
 
+    #[inline]
     fn slot(&self, c: u64) -> &Slot {
         static EMPTY: Slot = Slot::Empty;
-        match self.chunks.get((c >> CHUNK_BITS) as usize) {
-            Some(Some(chunk)) => &chunk[(c as usize) & (CHUNK - 1)],
-            _ => &EMPTY,
+        match self.dir.leaf(c) {
+            Some(leaf) => &leaf[(c as usize) & (LEAF - 1)],
+            None => &EMPTY,
         }
     }
 
-    /// Apply a layer on top of everything applied so far.
-    pub fn apply(&mut self, layer: u32, entries: &[MapEntry]) {
+    /// Apply a layer on top of everything applied so far. Fails (leaving the map partly
+    /// applied) when the map would pass its memory budget.
+    pub fn apply(&mut self, layer: u32, entries: &[MapEntry]) -> Result<()> {
+        let piece_bytes = std::mem::size_of::<Piece>() as u64;
         for e in entries {
             let decided = e.decided();
             if decided == 0 {
                 continue;
             }
-            let ci = (e.guest_cluster >> CHUNK_BITS) as usize;
-            let Some(chunk_slot) = self.chunks.get_mut(ci) else {
+            // Spill lists (a cluster several layers share) are charged as they grow.
+            let before = match self.slot(e.guest_cluster) {
+                Slot::Many(v) => v.len() as u64,
+                _ => 0,
+            };
+            let Some(leaf) = self.dir.leaf_mut(e.guest_cluster, boxed_leaf)? else {
                 continue;
             };
-            let chunk =
-                chunk_slot.get_or_insert_with(|| vec![Slot::Empty; CHUNK].into_boxed_slice());
-            let slot = &mut chunk[(e.guest_cluster as usize) & (CHUNK - 1)];
+            let slot = &mut leaf[(e.guest_cluster as usize) & (LEAF - 1)];
             let new = Piece {
                 data_offset: e.data_offset,
                 layer,
@@ -169,7 +173,17 @@ impl ChainMap {
                     }
                 }
             };
+            let after = match slot {
+                Slot::Many(v) => v.len() as u64,
+                _ => 0,
+            };
+            if after > before {
+                self.dir.charge((after - before) * piece_bytes)?;
+            } else {
+                self.dir.release((before - after) * piece_bytes);
+            }
         }
+        Ok(())
     }
 
     /// Where subcluster `s` of cluster `c` comes from.
@@ -197,13 +211,10 @@ impl ChainMap {
         self.slot(c).pieces().iter().fold(0, |m, p| m | p.owned)
     }
 
-    /// True when no layer decides anything in chunk-sized run containing `c` (fast skip for
-    /// allocation scans of sparse disks). Returns the first cluster after the empty run.
+    /// When no layer decides anything in the run containing `c` (fast skip for allocation
+    /// scans of sparse disks): the first cluster after the empty run.
     pub fn skip_empty(&self, c: u64) -> Option<u64> {
-        match self.chunks.get((c >> CHUNK_BITS) as usize) {
-            Some(None) => Some(((c >> CHUNK_BITS) + 1) << CHUNK_BITS),
-            _ => None,
-        }
+        self.dir.empty_until(c)
     }
 }
 
@@ -253,25 +264,36 @@ impl DecompCache {
 }
 
 impl Chain {
-    /// Build from layers, base first.
-    pub(crate) fn new(geometry: Geometry, layers: Vec<Arc<LayerData>>) -> Chain {
-        let mut map = ChainMap::new(&geometry);
+    /// Build from layers, base first. The layers' decoded maps and the resolved map share
+    /// the budget [`crate::limits::MAX_TABLE_BYTES`].
+    pub(crate) fn new(geometry: Geometry, layers: Vec<Arc<LayerData>>) -> Result<Chain> {
+        let held: u64 = layers.iter().map(|l| l.table_bytes()).sum();
+        let budget = crate::limits::MAX_TABLE_BYTES
+            .checked_sub(held)
+            .ok_or_else(|| Error::Limit {
+                what: "the decoded maps of the chain".into(),
+                value: held,
+                limit: crate::limits::MAX_TABLE_BYTES,
+                reason: "memory of in-memory tables (crate::limits::MAX_TABLE_BYTES)",
+            })?;
+        let mut map = ChainMap::new(&geometry, budget)?;
         for (i, l) in layers.iter().enumerate() {
-            map.apply(i as u32, &l.entries);
+            map.apply(i as u32, &l.entries)?;
         }
-        Chain {
+        Ok(Chain {
             layers,
             map,
             geometry,
             decompressed: DecompCache::default(),
-        }
+        })
     }
 
     /// Put a layer on top.
-    pub(crate) fn push(&mut self, layer: Arc<LayerData>) {
+    pub(crate) fn push(&mut self, layer: Arc<LayerData>) -> Result<()> {
         let i = self.layers.len() as u32;
-        self.map.apply(i, &layer.entries);
+        self.map.apply(i, &layer.entries)?;
         self.layers.push(layer);
+        Ok(())
     }
 
     /// Number of layers.
@@ -451,7 +473,7 @@ mod tests {
     #[test]
     fn higher_layers_hide_lower() {
         let g = Geometry::from_sizes(1 << 24, 65536, 4096).unwrap();
-        let mut m = ChainMap::new(&g);
+        let mut m = ChainMap::new(&g, 1 << 30).unwrap();
         m.apply(
             0,
             &[MapEntry {
@@ -460,7 +482,8 @@ mod tests {
                 alloc: 0xffff,
                 ..Default::default()
             }],
-        );
+        )
+        .unwrap();
         m.apply(
             1,
             &[MapEntry {
@@ -470,7 +493,8 @@ mod tests {
                 zero: 0b1,
                 ..Default::default()
             }],
-        );
+        )
+        .unwrap();
         assert_eq!(m.locate(3, 0), Loc::Zero);
         assert_eq!(
             m.locate(3, 1),
@@ -498,7 +522,8 @@ mod tests {
                 alloc: 0xffff,
                 ..Default::default()
             }],
-        );
+        )
+        .unwrap();
         assert_eq!(
             m.locate(3, 0),
             Loc::Data {

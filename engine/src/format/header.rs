@@ -239,6 +239,16 @@ impl LayerHeader {
                 ),
             ));
         }
+        if h.map_entries * super::map::ENTRY_SIZE as u64 > crate::limits::MAX_MAP_REGION_BYTES {
+            return Err(FieldError::new(
+                f("map_entries"),
+                format!(
+                    "{} entries exceed the map-region limit of {} bytes",
+                    h.map_entries,
+                    crate::limits::MAX_MAP_REGION_BYTES
+                ),
+            ));
+        }
         if h.extern_count > MAX_EXTERNS {
             return Err(FieldError::new(
                 f("extern_count"),

@@ -1,7 +1,10 @@
 //! The active (writable) layer: copy-on-write at subcluster granularity, journaled map
 //! updates, checkpoints and sealing (format-spec/recovery.md §1–3).
 
-use super::data::{check_entry_bounds, encode_externs, open_externs, read_externs, read_map};
+use super::data::{
+    check_entry_bounds, encode_externs, open_externs, read_externs, read_map, replay_note,
+    replay_object,
+};
 use super::table::EntryTable;
 use super::{check_header_identity, hash_entries, read_entry_data, read_header, LayerData};
 use crate::error::{Error, Result};
@@ -117,7 +120,7 @@ impl ActiveLayer {
             header,
             current_slot: 0,
             free_map: None,
-            map: EntryTable::new(geometry.cluster_count()),
+            map: EntryTable::new(geometry.cluster_count())?,
             dirty: FxHashSet::default(),
             unsynced: false,
             alloc_end: first_data(&geometry),
@@ -148,9 +151,9 @@ impl ActiveLayer {
         let extern_names = read_externs(&obj, &header)?;
         let mut files = vec![obj.clone()];
         files.extend(open_externs(store, record, &extern_names, &name)?);
-        let mut map = EntryTable::new(geometry.cluster_count());
+        let mut map = EntryTable::new(geometry.cluster_count())?;
         for e in read_map(&obj, &header)? {
-            map.set(e);
+            map.set(e)?;
         }
         let jname = journal_name(&name);
         let journal = match store.open_object(&jname, true) {
@@ -165,22 +168,12 @@ impl ActiveLayer {
             return Err(Error::format(
                 &jname,
                 "length",
-                format!("{jlen} bytes exceeds 4 GiB"),
+                format!("{jlen} bytes exceeds the journal limit of {MAX_JOURNAL_LEN}"),
             ));
         }
-        let mut jbytes = vec![0u8; jlen as usize];
-        journal
-            .read_exact_at(&mut jbytes, 0)
-            .map_err(|e| Error::io(&jname, "read", e))?;
-        let replay = journal::replay(
-            &jbytes,
-            header.journal_epoch,
-            &geometry,
-            header.extern_count,
-        );
-        for e in &replay.entries {
-            map.set(*e);
-        }
+        let replay = replay_object(journal.as_ref(), &jname, &header, &mut |es| {
+            es.iter().try_for_each(|e| map.set(*e))
+        })?;
         let mut lens = Vec::with_capacity(files.len());
         for f in &files {
             lens.push(f.len().map_err(|e| Error::io(f.name(), "stat", e))?);
@@ -189,18 +182,7 @@ impl ActiveLayer {
             check_entry_bounds(e, &geometry, &lens, &name)?;
         }
         let needs_checkpoint = replay.records > 0 || header.sealed || replay.valid_len < jlen;
-        let mut note = None;
-        if replay.records > 0 || replay.stopped.is_some() {
-            note = Some(format!(
-                "{jname}: replayed {} journal records{}",
-                replay.records,
-                replay
-                    .stopped
-                    .as_deref()
-                    .map(|w| format!(", discarded the rest ({w})"))
-                    .unwrap_or_default()
-            ));
-        }
+        let mut note = replay_note(&jname, &replay);
         if header.sealed {
             note = Some(format!(
                 "{name}: sealed by an interrupted snapshot; unsealed"
@@ -237,10 +219,10 @@ impl ActiveLayer {
         self.map.get(c)
     }
 
-    /// True when no cluster of the 1024-cluster run holding `c` has an entry.
+    /// When no cluster of the run holding `c` has an entry: the first cluster after it.
     #[inline]
-    pub(crate) fn chunk_empty(&self, c: u64) -> bool {
-        self.map.chunk_empty(c)
+    pub(crate) fn empty_until(&self, c: u64) -> Option<u64> {
+        self.map.empty_until(c)
     }
 
     /// Number of clusters with an entry.
@@ -457,7 +439,7 @@ impl ActiveLayer {
             e.zero &= !bit;
         }
         if orig != Some(e) && !(orig.is_none() && e.is_void()) {
-            self.map.set(e);
+            self.map.set(e)?;
             self.dirty.insert(c);
         }
         Ok(())
@@ -551,7 +533,7 @@ impl ActiveLayer {
                     }
                 }
             }
-            self.map.set(e);
+            self.map.set(e)?;
             self.dirty.insert(c);
         }
         self.dirty.clear();
@@ -573,8 +555,13 @@ impl ActiveLayer {
                 .map(|c| self.map.get(*c).copied().unwrap_or(MapEntry::empty(*c)))
                 .collect();
             for chunk in entries.chunks(MAX_ENTRIES) {
-                let rec =
-                    journal::encode_record(self.header.journal_epoch, self.journal_seq, chunk);
+                // The record and its copy, 4 KiB apart (layer.md §5).
+                let rec = journal::encode_pair(
+                    self.header.journal_epoch,
+                    self.journal_seq,
+                    chunk,
+                    self.journal_len,
+                );
                 self.journal
                     .write_all_at(&rec, self.journal_len)
                     .map_err(io_err(&self.journal, "append"))?;

@@ -183,20 +183,7 @@ impl LayerData {
         let mut entries = read_map(&obj, &header)?;
         let mut journal_note = None;
         if !record.sealed {
-            let (replayed, note) = replay_journal(store, &record.file, &header)?;
-            journal_note = note;
-            if !replayed.is_empty() {
-                let mut m: BTreeMap<u64, MapEntry> =
-                    entries.iter().map(|e| (e.guest_cluster, *e)).collect();
-                for e in replayed {
-                    if e.is_void() {
-                        m.remove(&e.guest_cluster);
-                    } else {
-                        m.insert(e.guest_cluster, e);
-                    }
-                }
-                entries = m.into_values().collect();
-            }
+            journal_note = replay_journal(store, &record.file, &header, &mut entries)?;
         } else if !header.sealed {
             return Err(Error::format(
                 &name,
@@ -243,6 +230,11 @@ impl LayerData {
             .collect())
     }
 
+    /// Bytes of memory the layer's decoded tables take (charged to the open's budget).
+    pub fn table_bytes(&self) -> u64 {
+        (self.entries.capacity() * std::mem::size_of::<MapEntry>()) as u64
+    }
+
     /// Bytes of data the layer holds (allocated subclusters × subcluster size).
     pub fn allocated_bytes(&self) -> u64 {
         let sub = self.header.geometry.subcluster_size();
@@ -253,40 +245,119 @@ impl LayerData {
     }
 }
 
-/// Replay the journal of an unsealed layer without changing anything.
+/// A journal object read record by record.
+struct ObjectSource<'a> {
+    obj: &'a dyn Object,
+    len: u64,
+}
+
+impl journal::JournalSource for ObjectSource<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> bool {
+        offset
+            .checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= self.len)
+            && self.obj.read_exact_at(buf, offset).is_ok()
+    }
+}
+
+/// Replay journal object `j` (named `jname`) for `header`, record by record (memory follows
+/// the records, not the object's length), calling `apply` with each record's entries.
+/// A record lost on both copies while later records exist is [`Error::Damaged`]: the head's
+/// map cannot be rebuilt exactly, so nothing reads it as if it were complete.
+pub(crate) fn replay_object(
+    j: &dyn Object,
+    jname: &str,
+    header: &LayerHeader,
+    apply: &mut dyn FnMut(&[MapEntry]) -> Result<()>,
+) -> Result<journal::Replay> {
+    let len = j.len().map_err(|e| Error::io(jname, "stat", e))?;
+    if len > MAX_JOURNAL_LEN {
+        return Err(Error::format(
+            jname,
+            "length",
+            format!("{len} bytes exceeds the journal limit of {MAX_JOURNAL_LEN}"),
+        ));
+    }
+    let mut failed = None;
+    let r = journal::replay_from(
+        &ObjectSource { obj: j, len },
+        header.journal_epoch,
+        &header.geometry,
+        header.extern_count,
+        &mut |e| match apply(e) {
+            Ok(()) => true,
+            Err(err) => {
+                failed = Some(err);
+                false
+            }
+        },
+    );
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(why) = &r.damaged {
+        return Err(Error::Damaged {
+            object: jname.to_string(),
+            reason: format!("{why}: the head's later flushed map changes are lost"),
+        });
+    }
+    Ok(r)
+}
+
+/// The note recovery reports for a replay, if any.
+pub(crate) fn replay_note(jname: &str, r: &journal::Replay) -> Option<String> {
+    let mut parts = Vec::new();
+    if r.records > 0 {
+        parts.push(format!("replayed {} journal records", r.records));
+    }
+    for x in &r.repaired {
+        parts.push(x.clone());
+    }
+    if let Some(why) = &r.stopped {
+        parts.push(format!(
+            "discarded a torn tail ({why}) — normal after a crash"
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("{jname}: {}", parts.join("; ")))
+}
+
+/// Replay the journal of an unsealed layer without changing anything: `entries` (sorted)
+/// with the journal's changes applied.
 pub(crate) fn replay_journal(
     store: &dyn Store,
     layer_file: &str,
     header: &LayerHeader,
-) -> Result<(Vec<MapEntry>, Option<String>)> {
+    entries: &mut Vec<MapEntry>,
+) -> Result<Option<String>> {
     let jname = journal_name(layer_file);
     let j = match store.open_object(&jname, false) {
         Ok(j) => j,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&jname, "open", e)),
     };
-    let len = j.len().map_err(|e| Error::io(&jname, "stat", e))?;
-    if len > MAX_JOURNAL_LEN {
-        return Err(Error::format(
-            &jname,
-            "length",
-            format!("{len} bytes exceeds 4 GiB"),
-        ));
+    let mut m: BTreeMap<u64, MapEntry> = BTreeMap::new();
+    let mut changed = false;
+    let r = replay_object(j.as_ref(), &jname, header, &mut |es| {
+        if !changed {
+            m = entries.iter().map(|e| (e.guest_cluster, *e)).collect();
+            changed = true;
+        }
+        for e in es {
+            if e.is_void() {
+                m.remove(&e.guest_cluster);
+            } else {
+                m.insert(e.guest_cluster, *e);
+            }
+        }
+        Ok(())
+    })?;
+    if changed {
+        *entries = m.into_values().collect();
     }
-    let b = read_region(&j, 0, len, "read journal")?;
-    let r = journal::replay(
-        &b,
-        header.journal_epoch,
-        &header.geometry,
-        header.extern_count,
-    );
-    let note = r.stopped.as_ref().map(|why| {
-        format!(
-            "{jname}: replayed {} records; discarded the rest ({why}) — normal after a crash",
-            r.records
-        )
-    });
-    Ok((r.entries, note))
+    Ok(replay_note(&jname, &r))
 }
 
 /// The allocated subclusters of `e`, concatenated (uncompressed), from `files`.
