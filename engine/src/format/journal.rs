@@ -63,6 +63,10 @@ pub fn encode_pair(epoch: u64, seq: u64, entries: &[MapEntry], at: u64) -> Vec<u
 pub trait JournalSource {
     /// Length in bytes.
     fn len(&self) -> u64;
+    /// True when the journal has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Fill `buf` from `offset`; false when the range cannot be read.
     fn read(&self, offset: u64, buf: &mut [u8]) -> bool;
 }
