@@ -264,3 +264,15 @@ impl FieldError {
         }
     }
 }
+
+/// "outer: inner: innermost" of an error and its sources.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod alloc;
+pub mod bundle;
 pub mod check;
 pub mod compact;
 pub mod diff;
@@ -37,7 +38,7 @@ pub mod stream;
 pub mod view;
 
 pub use alloc::{Extent, ExtentKind};
-pub use disk::{CreateOptions, Disk, SnapshotInfo};
+pub use disk::{CreateOptions, Disk, OpenOptions, SnapshotInfo};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Geometry, Id};
 pub use resolve::is_zero;

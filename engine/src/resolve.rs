@@ -26,6 +26,8 @@ pub(crate) struct Piece {
     pub compressed_len: u32,
     /// Data file index within the layer.
     pub file_index: u16,
+    /// Index of the entry in its layer's map (for verification).
+    pub entry: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -53,8 +55,13 @@ pub enum Loc {
     Unalloc,
     /// A layer says zeros.
     Zero,
-    /// Bytes at `offset` of data file `file` of layer `layer`.
-    Data { layer: u32, file: u16, offset: u64 },
+    /// Bytes at `offset` of data file `file` of layer `layer`, from map entry `entry`.
+    Data {
+        layer: u32,
+        file: u16,
+        offset: u64,
+        entry: u32,
+    },
     /// Subcluster `sub` of the compressed cluster at `offset` (`len` bytes).
     Compressed {
         layer: u32,
@@ -62,11 +69,15 @@ pub enum Loc {
         offset: u64,
         len: u32,
         sub: u32,
+        entry: u32,
     },
+    /// Layer `layer` is damaged (format-spec/chain.md §3) and might decide this subcluster.
+    Damaged { layer: u32 },
 }
 
 impl Loc {
     /// The location from an entry deciding subcluster `s` of its cluster.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_entry(
         layer: u32,
         alloc: u32,
@@ -75,6 +86,7 @@ impl Loc {
         file: u16,
         s: u32,
         sub_size: u64,
+        entry: u32,
     ) -> Loc {
         if alloc & (1 << s) == 0 {
             Loc::Zero
@@ -85,12 +97,14 @@ impl Loc {
                 offset: data_offset,
                 len: clen,
                 sub: s,
+                entry,
             }
         } else {
             Loc::Data {
                 layer,
                 file,
                 offset: data_offset + u64::from(s) * sub_size,
+                entry,
             }
         }
     }
@@ -101,6 +115,10 @@ impl Loc {
 pub(crate) struct ChainMap {
     dir: SparseDir<[Slot; LEAF]>,
     sub_size: u64,
+    /// 1 + the index of the highest damaged layer (0: none): pieces of layers below it, and
+    /// subclusters no layer above it decides, cannot be read (chain.md §3).
+    floor: u32,
+    full_mask: u32,
 }
 
 impl ChainMap {
@@ -109,7 +127,14 @@ impl ChainMap {
         Ok(ChainMap {
             dir: SparseDir::new(geometry.cluster_count(), budget, "the chain's resolved map")?,
             sub_size: geometry.subcluster_size(),
+            floor: 0,
+            full_mask: geometry.full_mask(),
         })
+    }
+
+    /// Layer `layer`, applied next, is damaged: it hides everything below it.
+    pub fn apply_damaged(&mut self, layer: u32) {
+        self.floor = layer + 1;
     }
 
     #[inline]
@@ -125,7 +150,7 @@ impl ChainMap {
     /// applied) when the map would pass its memory budget.
     pub fn apply(&mut self, layer: u32, entries: &[MapEntry]) -> Result<()> {
         let piece_bytes = std::mem::size_of::<Piece>() as u64;
-        for e in entries {
+        for (k, e) in entries.iter().enumerate() {
             let decided = e.decided();
             if decided == 0 {
                 continue;
@@ -146,6 +171,7 @@ impl ChainMap {
                 alloc: e.alloc,
                 compressed_len: e.compressed_len,
                 file_index: e.file_index,
+                entry: k as u32,
             };
             *slot = match std::mem::take(slot) {
                 Slot::Empty => Slot::One(new),
@@ -192,6 +218,9 @@ impl ChainMap {
         let bit = 1u32 << s;
         for p in self.slot(c).pieces() {
             if p.owned & bit != 0 {
+                if p.layer < self.floor {
+                    break;
+                }
                 return Loc::from_entry(
                     p.layer,
                     p.alloc,
@@ -200,20 +229,33 @@ impl ChainMap {
                     p.file_index,
                     s,
                     self.sub_size,
+                    p.entry,
                 );
             }
         }
-        Loc::Unalloc
+        if self.floor > 0 {
+            Loc::Damaged {
+                layer: self.floor - 1,
+            }
+        } else {
+            Loc::Unalloc
+        }
     }
 
-    /// Subclusters of cluster `c` some layer decides.
+    /// Subclusters of cluster `c` some layer decides (every one when a damaged layer might).
     pub fn decided(&self, c: u64) -> u32 {
+        if self.floor > 0 {
+            return self.full_mask;
+        }
         self.slot(c).pieces().iter().fold(0, |m, p| m | p.owned)
     }
 
     /// When no layer decides anything in the run containing `c` (fast skip for allocation
     /// scans of sparse disks): the first cluster after the empty run.
     pub fn skip_empty(&self, c: u64) -> Option<u64> {
+        if self.floor > 0 {
+            return None;
+        }
         self.dir.empty_until(c)
     }
 }
@@ -225,6 +267,10 @@ pub struct Chain {
     pub(crate) map: ChainMap,
     pub(crate) geometry: Geometry,
     pub(crate) decompressed: DecompCache,
+    /// Verify sealed data before returning it (format-spec/chain.md §2).
+    pub(crate) verify: bool,
+    /// What the chain shows, for errors ("snapshot s1", "head").
+    pub(crate) label: String,
 }
 
 /// The last few decompressed clusters of a chain, so small reads of a compressed cluster do
@@ -267,33 +313,78 @@ impl Chain {
     /// Build from layers, base first. The layers' decoded maps and the resolved map share
     /// the budget [`crate::limits::MAX_TABLE_BYTES`].
     pub(crate) fn new(geometry: Geometry, layers: Vec<Arc<LayerData>>) -> Result<Chain> {
+        Self::with_budget(geometry, layers, crate::limits::MAX_TABLE_BYTES)
+    }
+
+    /// [`Chain::new`] within `budget` bytes of tables.
+    pub(crate) fn with_budget(
+        geometry: Geometry,
+        layers: Vec<Arc<LayerData>>,
+        budget: u64,
+    ) -> Result<Chain> {
         let held: u64 = layers.iter().map(|l| l.table_bytes()).sum();
-        let budget = crate::limits::MAX_TABLE_BYTES
-            .checked_sub(held)
-            .ok_or_else(|| Error::Limit {
-                what: "the decoded maps of the chain".into(),
-                value: held,
-                limit: crate::limits::MAX_TABLE_BYTES,
-                reason: "memory of in-memory tables (crate::limits::MAX_TABLE_BYTES)",
-            })?;
-        let mut map = ChainMap::new(&geometry, budget)?;
+        let left = budget.checked_sub(held).ok_or_else(|| Error::Limit {
+            what: "the decoded maps of the chain".into(),
+            value: held,
+            limit: budget,
+            reason: "memory of in-memory tables (crate::limits::MAX_TABLE_BYTES)",
+        })?;
+        let mut map = ChainMap::new(&geometry, left)?;
         for (i, l) in layers.iter().enumerate() {
-            map.apply(i as u32, &l.entries)?;
+            if l.damaged.is_some() {
+                map.apply_damaged(i as u32);
+            } else {
+                map.apply(i as u32, &l.entries)?;
+            }
         }
         Ok(Chain {
             layers,
             map,
             geometry,
             decompressed: DecompCache::default(),
+            verify: true,
+            label: String::new(),
         })
     }
 
-    /// Put a layer on top.
+    /// Put a sealed layer on top.
     pub(crate) fn push(&mut self, layer: Arc<LayerData>) -> Result<()> {
         let i = self.layers.len() as u32;
         self.map.apply(i, &layer.entries)?;
         self.layers.push(layer);
         Ok(())
+    }
+
+    /// Verify entry `entry` of layer `layer` once per open (chain.md §2).
+    #[inline]
+    pub(crate) fn verify(&self, layer: u32, entry: u32) -> Result<()> {
+        if !self.verify {
+            return Ok(());
+        }
+        match self.layers.get(layer as usize) {
+            Some(l) if l.is_verified(entry as usize) => Ok(()),
+            Some(l) => l.verify_entry(entry as usize, &self.label),
+            None => Err(Error::Internal(format!("no layer {layer} in the chain"))),
+        }
+    }
+
+    /// The error for a read that a damaged layer might decide.
+    pub(crate) fn damage(&self, layer: u32, guest_offset: u64) -> Error {
+        match self.layers.get(layer as usize) {
+            Some(l) => Error::Damaged {
+                object: l.file_name.clone(),
+                reason: format!(
+                    "{}; guest offset {guest_offset} of {} may come from it and cannot be read",
+                    l.damaged.as_deref().unwrap_or("unreadable"),
+                    if self.label.is_empty() {
+                        "the chain"
+                    } else {
+                        &self.label
+                    }
+                ),
+            },
+            None => Error::Internal(format!("no layer {layer} in the chain")),
+        }
     }
 
     /// Number of layers.
@@ -328,6 +419,10 @@ pub(crate) trait Resolver {
     fn object(&self, layer: u32, file: u16) -> Result<&Arc<dyn Object>>;
     /// The cache of decompressed clusters to use.
     fn decomp_cache(&self) -> &DecompCache;
+    /// Check entry `entry` of `layer` against its hash before its bytes are used.
+    fn verify(&self, layer: u32, entry: u32) -> Result<()>;
+    /// The error for a subcluster a damaged layer might decide.
+    fn damage(&self, layer: u32, guest_offset: u64) -> Error;
 }
 
 /// Fill `buf` with the guest bytes at `offset`, coalescing adjacent subclusters that come
@@ -347,7 +442,9 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                 layer,
                 file,
                 offset: at,
+                entry,
             } => {
+                r.verify(layer, entry)?;
                 let obj = r.object(layer, file)?;
                 return obj
                     .read_exact_at(buf, at + in_sub0)
@@ -357,6 +454,7 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                 buf.fill(0);
                 return Ok(());
             }
+            Loc::Damaged { layer } => return Err(r.damage(layer, offset)),
             Loc::Compressed { .. } => {}
         }
     }
@@ -372,17 +470,23 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
         let in_sub = off & (sub - 1);
         let n = ((sub - in_sub) as usize).min(buf.len() - pos);
         let mut loc = r.locate(c, s);
-        if let Loc::Data {
-            layer,
-            file,
-            offset,
-        } = loc
-        {
-            loc = Loc::Data {
+        match loc {
+            Loc::Data {
                 layer,
                 file,
-                offset: offset + in_sub,
-            };
+                offset,
+                entry,
+            } => {
+                r.verify(layer, entry)?;
+                loc = Loc::Data {
+                    layer,
+                    file,
+                    offset: offset + in_sub,
+                    entry,
+                };
+            }
+            Loc::Damaged { layer } => return Err(r.damage(layer, off)),
+            _ => {}
         }
         let extends = match (&run, &loc) {
             (
@@ -391,6 +495,7 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                         layer: l0,
                         file: f0,
                         offset: o0,
+                        ..
                     },
                     _,
                     len,
@@ -399,6 +504,7 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                     layer,
                     file,
                     offset,
+                    ..
                 },
             ) => l0 == layer && f0 == file && o0 + *len as u64 == *offset,
             (Some((Loc::Zero | Loc::Unalloc, _, _)), Loc::Zero | Loc::Unalloc) => true,
@@ -419,7 +525,9 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                     offset: coff,
                     len,
                     sub: s,
+                    entry,
                 } => {
+                    r.verify(layer, entry)?;
                     let e = MapEntry {
                         data_offset: coff,
                         compressed_len: len,
@@ -454,6 +562,7 @@ fn finish_run(
             layer,
             file,
             offset,
+            ..
         } => {
             let obj = r.object(layer, file)?;
             obj.read_exact_at(out, offset)
@@ -501,7 +610,8 @@ mod tests {
             Loc::Data {
                 layer: 1,
                 file: 0,
-                offset: 131072 + 4096
+                offset: 131072 + 4096,
+                entry: 0
             }
         );
         assert_eq!(
@@ -509,7 +619,8 @@ mod tests {
             Loc::Data {
                 layer: 0,
                 file: 0,
-                offset: 65536 + 8192
+                offset: 65536 + 8192,
+                entry: 0
             }
         );
         assert_eq!(m.locate(4, 0), Loc::Unalloc);
@@ -529,7 +640,8 @@ mod tests {
             Loc::Data {
                 layer: 2,
                 file: 0,
-                offset: 196608
+                offset: 196608,
+                entry: 0
             }
         );
         assert!(matches!(m.slot(3), Slot::One(_)));

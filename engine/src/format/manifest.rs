@@ -7,8 +7,12 @@ use std::collections::{HashMap, HashSet};
 
 /// Magic of the manifest envelope.
 pub const MAGIC: &[u8; 8] = b"VDSKMNFT";
-/// Envelope version.
-pub const VERSION: u32 = 1;
+/// Envelope version written (format-spec/bundle.md §2).
+pub const VERSION: u32 = 2;
+/// Oldest envelope version read.
+pub const MIN_VERSION: u32 = 1;
+/// Longest object name of a layer file: it must fit an extern table entry (layer.md §6).
+pub const MAX_LAYER_NAME: usize = crate::format::header::EXTERN_ENTRY;
 /// Envelope header length.
 pub const HEADER_LEN: usize = 64;
 /// Largest payload accepted.
@@ -123,6 +127,7 @@ pub fn check_object_name(name: &str) -> bool {
     (dir == "layers" || dir == "state")
         && !file.is_empty()
         && file.len() <= 96
+        && (dir != "layers" || name.len() <= MAX_LAYER_NAME)
         && file
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
@@ -413,7 +418,7 @@ impl Manifest {
 
     /// Encode envelope + payload.
     pub fn encode(&self) -> Vec<u8> {
-        let payload = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let payload = serde_json::to_vec(self).unwrap_or_default();
         wrap_payload(self.generation, &payload)
     }
 
@@ -454,10 +459,10 @@ impl Manifest {
             return Err(FieldError::checksum("header_crc32"));
         }
         let version = le32(b, 8);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(FieldError::new(
                 "format_version",
-                format!("{version} (this build reads 1)"),
+                format!("{version} (this build reads {MIN_VERSION} to {VERSION})"),
             ));
         }
         if le32(b, 12) != 0 {
