@@ -301,8 +301,19 @@ fn revert_while_a_client_has_the_head_open() {
     ask("write -P 0x99 0 64k", "wrote");
     let r = ask("read -P 0x99 0 64k", "read ");
     assert!(!r.contains("failed"), "{r}");
-    vdisk_ok(&["snapshot", "revert", ds, "base"]);
-    // Same connection, after the revert: the snapshot's content.
+    // A connected client sees the head: the revert is refused, naming who holds the disk.
+    let e = vdisk_err(&["snapshot", "revert", ds, "base"]);
+    assert!(
+        e.contains("in use by `vdisk serve`") && e.contains("1 client attached"),
+        "{e}"
+    );
+    let r = ask("read -P 0x99 0 64k", "read ");
+    assert!(
+        !r.contains("failed"),
+        "the refused revert changed the data: {r}"
+    );
+    vdisk_ok(&["snapshot", "revert", ds, "base", "--force"]);
+    // Same connection, after the forced revert: the snapshot's content.
     let r = ask("read -P 0x11 0 64k", "read ");
     assert!(!r.contains("failed"), "head after revert: {r}");
     ask("write -P 0x22 4k 4k", "wrote");
