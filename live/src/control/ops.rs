@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn snapshot_ops_and_errors() {
         let d = Disk::create(Arc::new(MemStore::new()), &CreateOptions::new(1 << 20)).unwrap();
-        let w = Writer::new(d, "test");
+        let w = Writer::new(d, "serve");
         let g = w.generation();
         let r = ask(&w, r#"{"op":"snapshot_create","name":"a","id":7}"#);
         assert_eq!(r["ok"], true, "{r}");
@@ -207,10 +207,30 @@ mod tests {
         );
         assert_eq!(r["ok"], true, "{r}");
         let r = ask(&w, r#"{"op":"info"}"#);
-        assert_eq!(r["info"]["writer"], "test");
+        assert_eq!(r["info"]["writer"], "serve");
         assert_eq!(r["ops"].as_array().unwrap().len(), Request::NAMES.len());
         assert_eq!(ask(&w, r#"{"op":"flush"}"#)["ok"], true);
-        assert_eq!(ask(&w, r#"{"op":"ping"}"#)["writer"], "test");
+        assert_eq!(ask(&w, r#"{"op":"ping"}"#)["writer"], "serve");
+        // A client holding the head makes revert and commit need force.
+        assert_eq!(
+            ask(&w, r#"{"op":"snapshot_create","name":"r"}"#)["ok"],
+            true
+        );
+        let client = w.head();
+        let r = ask(&w, r#"{"op":"snapshot_revert","name":"r"}"#);
+        assert_eq!(r["code"], "in_use", "{r}");
+        assert!(
+            r["error"].as_str().unwrap().contains("1 client attached"),
+            "{r}"
+        );
+        assert_eq!(ask(&w, r#"{"op":"commit"}"#)["code"], "in_use");
+        let r = ask(&w, r#"{"op":"snapshot_revert","name":"r","force":true}"#);
+        assert_eq!(r["ok"], true, "{r}");
+        drop(client);
+        assert_eq!(
+            ask(&w, r#"{"op":"snapshot_revert","name":"r"}"#)["ok"],
+            true
+        );
         assert_eq!(
             ask(&w, r#"{"op":"snapshot_create","name":""}"#)["code"],
             "invalid"
