@@ -1,11 +1,15 @@
-//! Opening bundles from paths, with the error context a user needs.
+//! Opening bundles from the user's DISK arguments, with the error context a user needs. The
+//! one place where a DISK argument becomes a [`Store`].
 
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
+use vdisk_blockdev::Volume;
 use vdisk_engine::{Disk, LocalStore, Store, Target, View};
+use vdisk_live::control::{Request, WriterAccess};
+use vdisk_live::{HeldWriter, Reader};
 
-/// A store over an existing bundle directory.
+/// A store over an existing bundle.
 pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
     if !path.join("manifest").is_file() {
         anyhow::bail!(
@@ -30,6 +34,97 @@ pub fn view(path: &Path, snapshot: Option<&str>) -> Result<View> {
     };
     View::open(store(path)?.as_ref(), target)
         .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Open the bundle for writing here, or reach the long-lived writer holding it.
+pub fn writer_access(path: &Path) -> Result<WriterAccess> {
+    WriterAccess::open(store(path)?).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Carries out `req` in this process when the bundle is free (`local`, then the disk is
+/// closed), or through the control socket of the long-lived writer holding it, returning the
+/// result either way. `what` names the operation in errors.
+pub fn on_writer<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    req: Request,
+    what: &str,
+    local: impl FnOnce(&Disk) -> vdisk_engine::Result<T>,
+) -> Result<T> {
+    match writer_access(path)? {
+        WriterAccess::Local(d) => {
+            let r = local(&d).with_context(|| what.to_string())?;
+            d.close()?;
+            Ok(r)
+        }
+        WriterAccess::Remote(mut client) => {
+            let r = if req.result_member().is_some() {
+                client.request(&req)
+            } else {
+                client.call(&req).and_then(|_| {
+                    serde_json::from_value(serde_json::Value::Null).map_err(|e| {
+                        vdisk_live::control::ControlError::Protocol {
+                            path: client.path().to_path_buf(),
+                            reason: e.to_string(),
+                        }
+                    })
+                })
+            };
+            r.with_context(|| what.to_string())
+        }
+    }
+}
+
+/// A bundle held for a long-lived command (`serve`, `mount`): as its writer with a control
+/// socket, or lock-free.
+pub enum Held {
+    /// The writer and its control socket.
+    Writer(HeldWriter, Arc<dyn Volume>),
+    /// A lock-free reader.
+    Reader(Arc<dyn Volume>),
+}
+
+impl Held {
+    /// What the servers export.
+    pub fn volume(&self) -> &Arc<dyn Volume> {
+        match self {
+            Held::Writer(_, v) | Held::Reader(v) => v,
+        }
+    }
+
+    /// Stops the control socket and closes the disk (flushed).
+    pub fn close(self) -> Result<()> {
+        match self {
+            Held::Writer(w, v) => {
+                drop(v);
+                w.close().context("closing the disk")
+            }
+            Held::Reader(_) => Ok(()),
+        }
+    }
+}
+
+/// Hold the bundle as its writer (`role`: serve, mount). When another process writes it,
+/// the error ends with `hint` (what to do instead).
+pub fn writer(path: &Path, role: &'static str, hint: &str) -> Result<Held> {
+    let w = HeldWriter::start(store(path)?, role).map_err(|e| {
+        let locked = e.is_locked();
+        let e =
+            anyhow::Error::new(e).context(format!("cannot open {} for writing", path.display()));
+        if locked {
+            e.context(format!("another process writes this disk; {hint}"))
+        } else {
+            e
+        }
+    })?;
+    let v = Arc::clone(w.writer()) as Arc<dyn Volume>;
+    Ok(Held::Writer(w, v))
+}
+
+/// Hold the bundle lock-free; with `only`, show that snapshot alone.
+pub fn reader(path: &Path, only: Option<&str>) -> Result<Held> {
+    let r = Reader::open(store(path)?, only)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Held::Reader(r))
 }
 
 /// Raise the soft open-file limit to the hard one: a deep chain keeps one descriptor per

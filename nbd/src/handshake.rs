@@ -10,7 +10,7 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use crate::export::{Export, ExportProvider};
+use crate::export::ExportProvider;
 use crate::option::{
     option_name, parse_option, parse_option_header, ClientOption, InfoRequest, MetaContextRequest,
     OptionError, MAX_OPTION_DATA, MAX_OPTION_DRAIN,
@@ -21,6 +21,7 @@ use crate::proto::{
 };
 use crate::reply::option_reply;
 use crate::shutdown::ShutdownSignal;
+use vdisk_blockdev::Export;
 
 /// Most options one client may send before the server gives up on it. `qemu-nbd --list`
 /// sends about three per export, so this allows listing thousands of snapshots while still

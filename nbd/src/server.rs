@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::export::{Export, ExportProvider};
+use crate::export::ExportProvider;
 use crate::handshake::{negotiate, HandshakeConfig, HandshakeOutcome};
 use crate::shutdown::ShutdownSignal;
 use crate::stream::Stream;
 use crate::tls::Connection;
 use crate::transmission::{serve_requests, TransmissionConfig};
+use vdisk_blockdev::Export;
 
 /// How long the accept loop waits for a client before checking the shutdown signal again.
 pub const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(100);

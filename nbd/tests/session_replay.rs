@@ -3,6 +3,7 @@
 
 use std::io::{self, Cursor, Read, Write};
 use std::sync::Arc;
+use vdisk_blockdev::BlockDevice;
 
 use vdisk_nbd::handshake::{
     negotiate, HandshakeConfig, HandshakeError, HandshakeOutcome, HandshakeStream,
@@ -13,7 +14,7 @@ use vdisk_nbd::option::{
 use vdisk_nbd::proto::{cmd, info, opt, rep, IHAVEOPT, OPTION_REPLY_MAGIC};
 use vdisk_nbd::request::encode_request;
 use vdisk_nbd::transmission::{serve_requests, EndReason, TransmissionConfig};
-use vdisk_nbd::{Export, MemExport, ShutdownSignal, StaticExports};
+use vdisk_nbd::{MemDevice, ShutdownSignal, StaticExports};
 
 /// Client bytes in, server bytes recorded.
 struct Duplex {
@@ -64,8 +65,8 @@ fn option_replies(bytes: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
     out
 }
 
-fn provider() -> (StaticExports, Arc<MemExport>) {
-    let disk = Arc::new(MemExport::new(1 << 20).with_description("the head"));
+fn provider() -> (StaticExports, Arc<MemDevice>) {
+    let disk = Arc::new(MemDevice::new(1 << 20).with_description("the head"));
     (
         StaticExports::with_default(disk.clone()).add("head", disk.clone()),
         disk,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use vdisk_nbd::proto::{opt, rep};
-use vdisk_nbd::{MemExport, ServerConfig, StaticExports, TlsConfig};
+use vdisk_nbd::{MemDevice, ServerConfig, StaticExports, TlsConfig};
 
 fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").output().is_ok()
@@ -106,7 +106,7 @@ fn make_x509(dir: &Path) {
 }
 
 fn server(tls: TlsConfig, size: u64) -> TestServer {
-    let export = Arc::new(MemExport::new(size));
+    let export = Arc::new(MemDevice::new(size));
     let config = ServerConfig {
         tls: Some(tls),
         ..ServerConfig::default()

@@ -7,10 +7,11 @@ use crate::descriptor::{
 use crate::error::{Result, VmdkError};
 use crate::extent::{DiskExtent, ExtentData, FlatExtent};
 use crate::files::{FileSet, Opened};
-use crate::source::{Allocation, ReadAt};
+use crate::source::ReadAt;
 use crate::sparse::{SparseExtent, SparseHeader, SECTOR};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use vdisk_blockdev::ExtentKind;
 
 /// One VMDK file (one layer of a chain).
 pub struct Disk {
@@ -220,9 +221,9 @@ impl Disk {
 
     /// Kind at virtual `offset` and the length sharing it (≤ `max_len`); past the end of
     /// this file everything is unallocated.
-    pub fn probe(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
+    pub fn probe(&self, offset: u64, max_len: u64) -> Result<(ExtentKind, u64)> {
         match self.extent_at(offset) {
-            None => Ok((Allocation::Unallocated, max_len)),
+            None => Ok((ExtentKind::Unallocated, max_len)),
             Some(e) => {
                 let (k, n) = e.probe(offset - e.start, max_len)?;
                 Ok((k, n.min(max_len)))

@@ -1,13 +1,14 @@
-//! [`VmdkImage`]: a VMDK file with its parent chain, as a [`BlockSource`].
+//! [`VmdkImage`]: a VMDK file with its parent chain, as a [`BlockDevice`].
 
 use crate::disk::{resolve_inside, Disk};
 use crate::error::{Result, VmdkError};
 use crate::files::{FileSet, OpenOptions};
-use crate::source::{push_extent, Allocation, BlockSource, Extent, ReadAt};
+use crate::source::ReadAt;
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use vdisk_blockdev::{push_kind, BlockDevice, Extent, ExtentKind};
 
 /// Longest parent chain followed (a loop or a runaway chain is refused past it).
 pub const MAX_CHAIN_DEPTH: usize = 1024;
@@ -40,15 +41,8 @@ impl ChainLayer {
         let mut pos = 0u64;
         while pos < disk.size {
             let (kind, n) = disk.probe(pos, disk.size - pos)?;
-            if kind != Allocation::Unallocated {
-                push_extent(
-                    &mut out,
-                    Extent {
-                        offset: pos,
-                        length: n,
-                        kind,
-                    },
-                );
+            if kind != ExtentKind::Unallocated {
+                push_kind(&mut out, Extent::new(pos, n, kind));
             }
             pos += n;
         }
@@ -183,17 +177,17 @@ impl VmdkImage {
 
     /// Finds who answers for `offset`: the index of the disk holding data (or `None`),
     /// the kind and the length (≤ `max_len`) over which this holds for the whole chain.
-    fn resolve(&self, offset: u64, mut max_len: u64) -> Result<(Option<usize>, Allocation, u64)> {
+    fn resolve(&self, offset: u64, mut max_len: u64) -> Result<(Option<usize>, ExtentKind, u64)> {
         for (i, d) in self.disks.iter().enumerate() {
             let (kind, n) = d.probe(offset, max_len)?;
             max_len = n;
             match kind {
-                Allocation::Data => return Ok((Some(i), kind, max_len)),
-                Allocation::Zero => return Ok((None, kind, max_len)),
-                Allocation::Unallocated => {}
+                ExtentKind::Data => return Ok((Some(i), kind, max_len)),
+                ExtentKind::Zero => return Ok((None, kind, max_len)),
+                ExtentKind::Unallocated => {}
             }
         }
-        Ok((None, Allocation::Unallocated, max_len))
+        Ok((None, ExtentKind::Unallocated, max_len))
     }
 
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -211,9 +205,13 @@ impl VmdkImage {
     }
 }
 
-impl BlockSource for VmdkImage {
+impl BlockDevice for VmdkImage {
     fn size(&self) -> u64 {
         self.disks[0].size
+    }
+
+    fn read_only(&self) -> bool {
+        true
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -240,14 +238,7 @@ impl BlockSource for VmdkImage {
         let end = offset + length;
         while pos < end {
             let (_, kind, n) = self.resolve(pos, end - pos)?;
-            push_extent(
-                &mut out,
-                Extent {
-                    offset: pos,
-                    length: n,
-                    kind,
-                },
-            );
+            push_kind(&mut out, Extent::new(pos, n, kind));
             pos += n;
         }
         Ok(out)

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 use vdisk_vmdk::sparse::header::FLAG_NEWLINE_TEST;
 use vdisk_vmdk::sparse::{SparseHeader, SECTOR};
-use vdisk_vmdk::{BlockSource, OpenOptions, VmdkImage};
+use vdisk_vmdk::{BlockDevice, OpenOptions, VmdkImage};
 
 /// A sparse extent of `capacity` sectors with 8 KiB grains and an all-empty grain
 /// directory (the file is sparse: the directory reads as zeros), no embedded descriptor.

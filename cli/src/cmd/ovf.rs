@@ -1,23 +1,23 @@
 //! `vdisk ovf export|import|inspect`: OVF/OVA packages through the ovf crate.
 //!
-//! Export streams each bundle (a [`ViewBlocks`]) as streamOptimized VMDK into the package.
+//! Export streams each bundle (a [`View`], a block device) as streamOptimized VMDK into the
+//! package.
 //! Import verifies the whole package first ([`vdisk_ovf::import_verify_with`]) and creates the
 //! destination only afterwards, so a refused package leaves nothing behind.
 
 use super::print_json;
 use crate::size::human;
-use crate::transfer::{default_threads, nonzero_runs, par_copy, split, CHUNK};
-use crate::vmdk_io::ViewBlocks;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use vdisk_blockdev::BlockDevice;
 use vdisk_engine::{CreateOptions, View};
+use vdisk_live::copy::{copy, data_bytes, CopyOptions};
 use vdisk_ovf::{
     export, import_verify_with, inspect_with, ExportDisk, ExportOptions, ExportProgress,
     ImportOptions, InspectOptions, InspectReport, OvfVersion, VerifiedPackage,
 };
 use vdisk_vmconfig::{VmConfig, CONFIG_FILE_NAME};
-use vdisk_vmdk::{Allocation, BlockSource};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -150,13 +150,13 @@ fn run_export(a: ExportArgs) -> Result<ExitCode> {
         .iter()
         .map(|p| crate::open::view(p, a.snapshot.as_deref()))
         .collect::<Result<_>>()?;
-    let blocks: Vec<ViewBlocks> = views.iter().map(ViewBlocks).collect();
+    let blocks: Vec<&dyn BlockDevice> = views.iter().map(|v| v as &dyn BlockDevice).collect();
     let disks: Vec<ExportDisk> = blocks
         .iter()
         .zip(&paths)
         .map(|(b, p)| ExportDisk {
             name: p.display().to_string(),
-            source: b,
+            source: *b,
             capacity: b.size(),
         })
         .collect();
@@ -250,22 +250,18 @@ fn run_import(a: ImportArgs) -> Result<ExitCode> {
 
 /// Converts every disk of the verified package into `dest/<bundle_path>`.
 fn import_disks(pkg: &VerifiedPackage, dest: &Path, cluster_size: u64) -> Result<()> {
-    let mut plans = Vec::new();
     let mut total = 0u64;
     for d in pkg.disks() {
-        let data: Vec<(u64, u64)> = d
-            .source
-            .extents(0, d.source.size())
-            .with_context(|| format!("{}: disk {}", pkg.package_name(), d.disk_id))?
-            .into_iter()
-            .filter(|e| e.kind == Allocation::Data)
-            .map(|e| (e.offset, e.length))
-            .collect();
-        total += data.iter().map(|r| r.1).sum::<u64>();
-        plans.push((d, data));
+        total += data_bytes(d.source.as_ref())
+            .with_context(|| format!("{}: disk {}", pkg.package_name(), d.disk_id))?;
     }
     let pb = crate::progress::bytes(total, "importing");
-    for (d, data) in plans {
+    let progress = |n| pb.inc(n);
+    let opts = CopyOptions {
+        progress: Some(&progress),
+        ..CopyOptions::default()
+    };
+    for d in pkg.disks() {
         let path = dest.join(&d.bundle_path);
         if path.exists() {
             bail!("{}: exists", path.display());
@@ -278,28 +274,14 @@ fn import_disks(pkg: &VerifiedPackage, dest: &Path, cluster_size: u64) -> Result
                 subcluster_size: None,
             },
         )?;
-        let src = d.source.as_ref();
-        par_copy(
-            &split(&data, CHUNK),
-            default_threads(),
-            &|b, off| {
-                src.read_at(b, off).with_context(|| {
-                    format!(
-                        "{}: disk {}: reading {} bytes at {off}",
-                        pkg.package_name(),
-                        d.disk_id,
-                        b.len()
-                    )
-                })
-            },
-            |b, off| {
-                nonzero_runs(b, off, |b, off| {
-                    disk.write_at(b, off)
-                        .with_context(|| format!("writing {}", path.display()))
-                })
-            },
-            |n| pb.inc(n),
-        )?;
+        copy(d.source.as_ref(), &disk, &opts).with_context(|| {
+            format!(
+                "{}: disk {} into {}",
+                pkg.package_name(),
+                d.disk_id,
+                path.display()
+            )
+        })?;
         disk.flush()?;
         disk.close()?;
     }

@@ -12,16 +12,15 @@
 //! layout, or `--tls-psk` keys); a non-loopback address without TLS client authentication
 //! needs `--insecure`.
 
-use crate::adapters::nbd::NbdProvider;
-use crate::adapters::{Bundle, Reader, Writer};
-use crate::control::server::ControlServer;
 use crate::size::parse_size;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use vdisk_nbd::{ListenAddr, Server, ServerConfig, ShutdownSignal, TlsConfig, UnixSocketOptions};
+use vdisk_nbd::{
+    ListenAddr, Server, ServerConfig, ShutdownSignal, TlsConfig, UnixSocketOptions, VolumeExports,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -144,23 +143,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let path = std::path::absolute(&a.disk)
         .with_context(|| format!("{}: cannot resolve", a.disk.display()))?;
-    let (provider, writer, control) = if a.read_only {
-        let r: Arc<dyn Bundle> = Reader::open(&path, None)?;
-        (NbdProvider::new(r, a.export_snapshots), None, None)
+    let held = if a.read_only {
+        crate::open::reader(&path, None)?
     } else {
-        let disk = crate::open::disk(&path).map_err(|e| {
-            if crate::control::client::is_locked(&e) {
-                e.context("another process writes this disk; serve it with --read-only")
-            } else {
-                e
-            }
-        })?;
-        let w = Writer::new(disk, &path, "serve");
-        let c = ControlServer::start(&crate::control::socket_path(&path), Arc::clone(&w))?;
-        let p = NbdProvider::new(Arc::clone(&w) as Arc<dyn Bundle>, a.export_snapshots)
-            .with_fixed_head();
-        (p, Some(w), Some(c))
+        crate::open::writer(&path, "serve", "serve it with --read-only")?
     };
+    let provider = VolumeExports::new(Arc::clone(held.volume()), a.export_snapshots);
     let server = match &a.socket {
         Some(s) => Server::bind_unix_with(
             s,
@@ -191,13 +179,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         tls_note.as_deref().unwrap_or("")
     );
     let served = server.run(Arc::new(provider), config, ShutdownSignal::from_flag(stop));
-    if let Some(c) = control {
-        c.stop();
-    }
-    let closed = match writer {
-        Some(w) => w.close(),
-        None => Ok(()),
-    };
+    let closed = held.close();
     served.context("the NBD server failed")?;
     closed.context("closing the disk")?;
     Ok(ExitCode::SUCCESS)

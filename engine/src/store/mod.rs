@@ -54,6 +54,14 @@ pub trait Store: Send + Sync {
     fn list_objects(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// The manifest bytes, or `None` when the bundle has none.
     fn read_manifest(&self) -> io::Result<Option<Vec<u8>>>;
+    /// The generation of the current manifest, or `None` without one (or when its envelope
+    /// is unreadable): a lock-free reader polls this to follow changes. The default reads
+    /// the whole manifest; stores override it with a cheaper read.
+    fn manifest_generation(&self) -> io::Result<Option<u64>> {
+        Ok(self
+            .read_manifest()?
+            .and_then(|b| crate::format::manifest::peek_generation(&b)))
+    }
     /// Replace the manifest atomically and durably.
     fn write_manifest(&self, bytes: &[u8]) -> io::Result<()>;
     /// Take the writer lock without waiting (`WouldBlock` when another writer holds it).
