@@ -44,3 +44,61 @@ impl HeldWriter {
         self.writer.close()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Client, ControlError, ErrorCode, Request, WriterAccess};
+    use std::os::unix::fs::PermissionsExt;
+    use vdisk_engine::{CreateOptions, Disk, LocalStore, SnapshotInfo};
+
+    #[test]
+    fn other_processes_reach_the_writer_through_its_socket() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("d.vdisk");
+        let store: Arc<dyn Store> = Arc::new(LocalStore::create(&p).unwrap());
+        Disk::create(Arc::clone(&store), &CreateOptions::new(1 << 20))
+            .unwrap()
+            .close()
+            .unwrap();
+        // SAFETY: umask swaps the process file-mode mask; restored below.
+        let old = unsafe { libc::umask(0) };
+        let held = HeldWriter::start(Arc::clone(&store), "test");
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let held = held.unwrap();
+        let sock = store.control_socket_path().unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "owner-only whatever the umask");
+        let WriterAccess::Remote(mut c) = WriterAccess::open(Arc::clone(&store)).unwrap() else {
+            panic!("the bundle is held: access must go through the socket")
+        };
+        let s: SnapshotInfo = c
+            .request(&Request::SnapshotCreate { name: "a".into() })
+            .unwrap();
+        assert_eq!(s.name, "a");
+        let e = c
+            .call(&Request::SnapshotCreate { name: "a".into() })
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ControlError::Remote {
+                    code: ErrorCode::Exists,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let mut c2 = Client::connect(&sock).unwrap();
+        let list: Vec<SnapshotInfo> = c2.request(&Request::SnapshotList {}).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(held.writer().disk().snapshots().len(), 1);
+        held.close().unwrap();
+        assert!(!sock.exists(), "the socket is removed at close");
+        assert!(matches!(
+            WriterAccess::open(store).unwrap(),
+            WriterAccess::Local(_)
+        ));
+    }
+}
