@@ -45,9 +45,6 @@ impl Read for Duplex<'_> {
     }
 }
 
-/// A plain (non-TLS) byte stream: the fuzz input in, replies discarded.
-impl vdisk_nbd::handshake::HandshakeStream for Duplex<'_> {}
-
 impl Write for Duplex<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         Ok(buf.len())
