@@ -489,3 +489,33 @@ fn serve_with_a_psk_takes_qemu_with_the_key_and_refuses_others() {
     drop(srv);
     assert_eq!(read_range(&d, None, 65536, 65536), vec![0x3e; 65536]);
 }
+
+#[test]
+fn another_local_user_cannot_use_the_loopback_listener_without_tls() {
+    if !require("another_local_user", true, false, QEMU) || !vdisk_tests::have("setpriv") {
+        return;
+    }
+    let t = tmp();
+    let d = bundle(t.path(), "d.vdisk", "8M");
+    let srv = Served::start(&d, &[]);
+    run_ok("qemu-img", &["info", &srv.url]);
+    let as_nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "qemu-img",
+            "info",
+            &srv.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !as_nobody.status.success(),
+        "another user opened the disk: {}",
+        String::from_utf8_lossy(&as_nobody.stdout)
+    );
+    assert!(srv.log().contains("uid 65534"), "{}", srv.log());
+    // The owner still gets in afterwards.
+    run_ok("qemu-img", &["info", &srv.url]);
+}
