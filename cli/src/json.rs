@@ -50,9 +50,13 @@ pub fn print(
     renames: &[(&str, &str)],
 ) -> Result<()> {
     let v = document(name, extra, body, renames)?;
+    // One write of the whole document: a reader that stops early (`| grep -q`) still gets
+    // it complete, and the command is not killed half-way through writing it.
+    let mut buf = serde_json::to_vec_pretty(&v)?;
+    buf.push(b'\n');
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &v)?;
-    writeln!(out)?;
+    out.write_all(&buf)?;
+    out.flush()?;
     Ok(())
 }
 

@@ -108,6 +108,9 @@ enum Command {
     /// Compare two images of any formats (raw, vdisk, vmdk) byte for byte, like
     /// `qemu-img compare`.
     Compare(cmd::compare::Args),
+    /// Change the virtual size of a disk (grow; shrink only with --shrink; snapshots keep
+    /// theirs).
+    Resize(cmd::resize::Args),
     /// Measure what converting an image would allocate, like `qemu-img measure`.
     Measure(cmd::measure::Args),
     /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
@@ -211,6 +214,7 @@ fn main() -> ExitCode {
         Command::ExportDiff(a) => cmd::diff::export(a),
         Command::ImportDiff(a) => cmd::diff::import(a),
         Command::Compare(a) => cmd::compare::run(a),
+        Command::Resize(a) => cmd::resize::run(a),
         Command::Measure(a) => cmd::measure::run(a),
         Command::Completions(a) => completions(a),
         Command::Manpage(a) => manpages(a),

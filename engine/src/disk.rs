@@ -298,6 +298,9 @@ pub struct SnapshotInfo {
     pub layer_bytes: Option<u64>,
     /// True when VM state is attached.
     pub has_vm_state: bool,
+    /// Its guest-visible size (a snapshot keeps the size the disk had when it was taken).
+    #[serde(default)]
+    pub virtual_size: u64,
 }
 
 /// Format ns since the epoch as RFC 3339 UTC.
@@ -324,8 +327,14 @@ pub fn rfc3339(ns: u64) -> String {
     )
 }
 
-fn info_at_depth(s: &SnapshotRecord, layer_bytes: Option<u64>, depth: usize) -> SnapshotInfo {
+fn info_at_depth(
+    s: &SnapshotRecord,
+    layer_bytes: Option<u64>,
+    depth: usize,
+    virtual_size: u64,
+) -> SnapshotInfo {
     SnapshotInfo {
+        virtual_size,
         id: s.id,
         name: s.name.clone(),
         created_ns: s.created_ns,
@@ -349,7 +358,7 @@ pub(crate) fn snapshot_infos(
         .iter()
         .map(|s| {
             let depth = depths.get(&s.layer).copied().flatten().unwrap_or(0);
-            info_at_depth(s, layer_bytes(s), depth)
+            info_at_depth(s, layer_bytes(s), depth, m.snapshot_size(s))
         })
         .collect()
 }
@@ -391,6 +400,7 @@ impl Disk {
             active_layer: id,
             snapshots: Vec::new(),
             policy: None,
+            head_size: None,
         };
         write_manifest(store.as_ref(), &manifest)?;
         let chain = OnceLock::new();
@@ -501,9 +511,9 @@ impl Disk {
         &self.store
     }
 
-    /// Guest-visible size in bytes.
+    /// Guest-visible size of the head in bytes.
     pub fn virtual_size(&self) -> u64 {
-        self.read_state().geometry.virtual_size()
+        self.read_state().manifest.head_size()
     }
 
     /// Cluster geometry.
@@ -521,7 +531,12 @@ impl Disk {
     /// [`Error::Corrupt`] and no byte of the request is returned as data.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let st = self.read_state();
-        st.geometry.check_range("read", offset, buf.len() as u64)?;
+        crate::format::geometry::check_size(
+            "read",
+            offset,
+            buf.len() as u64,
+            st.manifest.head_size(),
+        )?;
         let chain = self.chain(&st)?;
         read_runs(&HeadResolver { st: &st, chain }, buf, offset)
     }
@@ -529,7 +544,12 @@ impl Disk {
     /// Write guest bytes to the active head (durable after [`Disk::flush`]).
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let mut st = self.write_state()?;
-        st.geometry.check_range("write", offset, buf.len() as u64)?;
+        crate::format::geometry::check_size(
+            "write",
+            offset,
+            buf.len() as u64,
+            st.manifest.head_size(),
+        )?;
         self.chain(&st)?;
         let State { chain, active, .. } = &mut *st;
         let chain = chain
@@ -541,9 +561,15 @@ impl Disk {
     /// Make a range read as zeros, storing no data for whole subclusters.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         let mut st = self.write_state()?;
-        st.geometry.check_range("write_zeroes", offset, len)?;
-        self.chain(&st)?;
-        let State { chain, active, .. } = &mut *st;
+        crate::format::geometry::check_size("write_zeroes", offset, len, st.manifest.head_size())?;
+        self.zero_locked(&mut st, offset, len)
+    }
+
+    /// Zero `[offset, offset+len)` of the active layer, a range the caller checked against the
+    /// geometry (it may lie past the head's size: resize hides data there).
+    pub(crate) fn zero_locked(&self, st: &mut State, offset: u64, len: u64) -> Result<()> {
+        self.chain(st)?;
+        let State { chain, active, .. } = st;
         let chain = chain
             .get()
             .ok_or_else(|| Error::Internal("chain not set".into()))?;
@@ -563,9 +589,17 @@ impl Disk {
     /// Allocation extents of the head in `[offset, offset+len)`.
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let st = self.read_state();
-        st.geometry.check_range("map", offset, len)?;
+        crate::format::geometry::check_size("map", offset, len, st.manifest.head_size())?;
         let chain = self.chain(&st)?;
         alloc::extents(&HeadResolver { st: &st, chain }, offset, len)
+    }
+
+    /// Extents of the head's chain in `[offset, offset+len)` of the bundle's geometry, also
+    /// past the head's size (where a shrink left data a grow must hide).
+    pub(crate) fn head_extents(&self, st: &State, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        st.geometry.check_range("map", offset, len)?;
+        let chain = self.chain(st)?;
+        alloc::extents(&HeadResolver { st, chain }, offset, len)
     }
 
     /// Snapshots in creation order.
@@ -612,6 +646,7 @@ impl Disk {
             layer: old_id,
             pinned: false,
             vm_state: None,
+            virtual_size: st.manifest.head_size,
         };
         let rec = snap.clone();
         let location = store.location();
@@ -652,6 +687,7 @@ impl Disk {
             &snap,
             Some(sealed.allocated_bytes()),
             m.index().chain(old_id).len(),
+            m.snapshot_size(&snap),
         );
         st.manifest = m;
         self.poisoned
@@ -736,6 +772,9 @@ impl Disk {
                 created_ns: now,
             });
             m.active_layer = new_id;
+            // The head is the snapshot again, at the snapshot's size.
+            let size = m.snapshot_size(&snap);
+            m.head_size = (size != m.virtual_size).then_some(size);
             Ok(())
         })?;
         let old = std::mem::replace(&mut st.active, new_active);

@@ -71,6 +71,9 @@ pub enum Error {
     /// writes, or is not on the stream's FROM snapshot (zfs recv refuses the same without -F).
     #[error("the replica's head {reason}; import with force to revert the head first")]
     ReplicaDiverged { reason: String },
+    /// A resize to a smaller size without the shrink option.
+    #[error("shrinking the disk from {from} to {to} bytes discards what lies past {to}; ask for a shrink explicitly")]
+    WouldShrink { from: u64, to: u64 },
     /// The disk is in use by a client and the operation would change what it sees.
     #[error("{holder}; force the operation to do it anyway")]
     InUse { holder: String },
@@ -185,6 +188,7 @@ impl Error {
             | E::Pinned { .. }
             | E::ReplicaDiverged { .. }
             | E::InUse { .. }
+            | E::WouldShrink { .. }
             | E::NothingToMerge { .. }
             | E::NothingToCommit
             | E::SharedLayer { .. }

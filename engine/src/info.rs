@@ -118,7 +118,7 @@ pub fn info(store: &dyn Store) -> Result<BundleInfo> {
         path: store.location(),
         format: "vdisk",
         format_version: crate::format::header::VERSION,
-        virtual_size: m.virtual_size,
+        virtual_size: m.head_size(),
         cluster_size: m.cluster_size,
         subcluster_size: m.subcluster_size,
         chain_depth: m.chain(m.active_layer).len(),

@@ -32,6 +32,7 @@ pub mod layer;
 pub mod limits;
 pub mod maintain;
 pub mod merge;
+pub mod resize;
 mod resolve;
 mod sparse;
 pub mod store;

@@ -305,6 +305,7 @@ impl Disk {
             layer: id,
             pinned: false,
             vm_state: None,
+            virtual_size: None,
         };
         let new_active = if head_clean || opts.force {
             let aid = Id::random();

@@ -27,6 +27,21 @@ pub struct View {
     manifest: Manifest,
     chain: Chain,
     target: Target,
+    /// Guest-visible size of what the view shows (a snapshot keeps its size across resizes).
+    size: u64,
+}
+
+/// The guest-visible size of `target` in `m`.
+fn target_size(m: &Manifest, target: &Target) -> u64 {
+    let snap = match target {
+        Target::Head => None,
+        Target::Snapshot(n) => m.snapshot(n),
+        Target::SnapshotId(id) => m.snapshots.iter().find(|s| s.id == *id),
+    };
+    match snap {
+        Some(s) => m.snapshot_size(s),
+        None => m.head_size(),
+    }
 }
 
 impl Resolver for Chain {
@@ -117,6 +132,7 @@ impl View {
             &label,
         )?;
         Ok(View {
+            size: target_size(&m, target),
             manifest: m,
             chain,
             target: target.clone(),
@@ -125,6 +141,7 @@ impl View {
 
     pub(crate) fn from_parts(manifest: Manifest, chain: Chain, target: Target) -> View {
         View {
+            size: target_size(&manifest, &target),
             manifest,
             chain,
             target,
@@ -143,7 +160,7 @@ impl View {
 
     /// Guest-visible size.
     pub fn virtual_size(&self) -> u64 {
-        self.chain.geometry.virtual_size()
+        self.size
     }
 
     /// Geometry.
@@ -158,15 +175,13 @@ impl View {
 
     /// Read guest bytes.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.chain
-            .geometry
-            .check_range("read", offset, buf.len() as u64)?;
+        crate::format::geometry::check_size("read", offset, buf.len() as u64, self.size)?;
         read_runs(&self.chain, buf, offset)
     }
 
     /// Allocation extents in `[offset, offset+len)`.
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        self.chain.geometry.check_range("map", offset, len)?;
+        crate::format::geometry::check_size("map", offset, len, self.size)?;
         alloc::extents(&self.chain, offset, len)
     }
 

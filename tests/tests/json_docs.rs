@@ -172,6 +172,7 @@ fn every_json_output_is_documented() {
     seen.insert(check(&all, &["commit", &d, "--json"]));
     seen.insert(check(&all, &["compact", &d, "--json"]));
     seen.insert(check(&all, &["check", &d, "--repair", "--json"]));
+    seen.insert(check(&all, &["resize", &d, "32M", "--json"]));
     let vmdk = p("x.vmdk");
     vdisk_ok(&["convert", &d, &vmdk]);
     check(&all, &["info", &vmdk, "--json"]);

@@ -12,6 +12,7 @@ pub mod map;
 pub mod measure;
 pub mod mount;
 pub mod ovf;
+pub mod resize;
 pub mod serve;
 pub mod snapshot;
 pub mod vmdk_info;

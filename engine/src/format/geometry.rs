@@ -137,6 +137,20 @@ impl Geometry {
     }
 }
 
+/// `Ok` when `[offset, offset + len)` lies inside a disk of `size` bytes (a head or snapshot
+/// whose size differs from the bundle's geometry after a resize).
+pub fn check_size(op: &'static str, offset: u64, len: u64, size: u64) -> crate::Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(crate::Error::OutOfRange {
+            op,
+            offset,
+            length: len,
+            size,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

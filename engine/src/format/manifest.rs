@@ -59,6 +59,10 @@ pub struct SnapshotRecord {
     /// VM state, preserved as is (versioned by its own `version` member).
     #[serde(default)]
     pub vm_state: Option<serde_json::Value>,
+    /// The disk's size when the snapshot was taken, when it differs from the bundle's
+    /// `virtual_size` (set for every snapshot by the first resize; absent: the bundle's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_size: Option<u64>,
 }
 
 /// Retention policy applied by `maintain`.
@@ -100,6 +104,10 @@ pub struct Manifest {
     /// Retention policy.
     #[serde(default)]
     pub policy: Option<Policy>,
+    /// The head's size when a shrink made it smaller than `virtual_size` (which stays the
+    /// largest size the bundle had, the geometry of its maps); absent: `virtual_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_size: Option<u64>,
 }
 
 /// Check a snapshot name against the manifest's rules.
@@ -280,6 +288,16 @@ impl Manifest {
         }
     }
 
+    /// The head's guest-visible size.
+    pub fn head_size(&self) -> u64 {
+        self.head_size.unwrap_or(self.virtual_size)
+    }
+
+    /// The guest-visible size of snapshot `s`.
+    pub fn snapshot_size(&self, s: &SnapshotRecord) -> u64 {
+        s.virtual_size.unwrap_or(self.virtual_size)
+    }
+
     /// The snapshot named `name`, mutable.
     pub fn snapshot_mut(&mut self, name: &str) -> Result<&mut SnapshotRecord, crate::Error> {
         self.snapshots
@@ -339,6 +357,28 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), FieldError> {
         let err = |f: &str, r: String| Err(FieldError::new(f, r));
         super::Geometry::from_sizes(self.virtual_size, self.cluster_size, self.subcluster_size)?;
+        let sized = |v: u64| v >= 512 && v % 512 == 0 && v <= self.virtual_size;
+        if let Some(h) = self.head_size {
+            if !sized(h) {
+                return err(
+                    "head_size",
+                    format!("{h}: a multiple of 512 from 512 to virtual_size is allowed"),
+                );
+            }
+        }
+        if let Some(s) = self
+            .snapshots
+            .iter()
+            .find(|s| s.virtual_size.is_some_and(|v| !sized(v)))
+        {
+            return err(
+                "snapshots.virtual_size",
+                format!(
+                    "snapshot {:?}: {:?} is not a multiple of 512 from 512 to virtual_size",
+                    s.name, s.virtual_size
+                ),
+            );
+        }
         if self.layers.is_empty() || self.layers.len() > MAX_LAYERS {
             return err(
                 "layers",
@@ -602,8 +642,10 @@ mod tests {
                 layer: base,
                 pinned: false,
                 vm_state: None,
+                virtual_size: None,
             }],
             policy: None,
+            head_size: None,
         }
     }
 

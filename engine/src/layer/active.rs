@@ -212,6 +212,13 @@ impl ActiveLayer {
             Err(e) => return Err(e),
         };
         check_header_identity(&name, &header, &geometry, record.id)?;
+        let mut header = header;
+        // A resize grew the bundle and a crash came before this header was rewritten: the
+        // active layer takes the bundle's size at its next checkpoint (now).
+        let grown = header.geometry.virtual_size() < geometry.virtual_size();
+        if grown {
+            header.geometry = geometry;
+        }
         let extern_names = read_externs(&obj, &header)?.value;
         let mut files = vec![obj.clone()];
         files.extend(open_externs(store_ref, record, &extern_names, &name)?);
@@ -248,7 +255,8 @@ impl ActiveLayer {
         for e in map.iter() {
             check_entry_bounds(e, &geometry, &lens, &name)?;
         }
-        let needs_checkpoint = replay.records > 0 || header.sealed || replay.valid_len < jlen;
+        let needs_checkpoint =
+            grown || replay.records > 0 || header.sealed || replay.valid_len < jlen;
         let mut note = replay_note(&jname, &replay);
         if header.sealed {
             note = Some(format!(
@@ -280,6 +288,30 @@ impl ActiveLayer {
             layer.checkpoint(None)?;
         }
         Ok(layer)
+    }
+
+    /// Take the larger geometry `g` of a grown bundle (same clusters, larger size): the map
+    /// is rebuilt for it; the header takes the new size at the next checkpoint (until then a
+    /// reopen finds a header smaller than the manifest and grows it the same way).
+    pub fn grow(&mut self, g: Geometry) -> Result<()> {
+        if g.cluster_size() != self.geometry.cluster_size()
+            || g.subcluster_size() != self.geometry.subcluster_size()
+            || g.virtual_size() < self.geometry.virtual_size()
+        {
+            return Err(Error::Internal(format!(
+                "grow of {} from {:?} to {:?}",
+                self.file_name, self.geometry, g
+            )));
+        }
+        self.flush()?;
+        let mut map = EntryTable::new(g.cluster_count())?;
+        for e in self.map.iter() {
+            map.set(*e)?;
+        }
+        self.map = map;
+        self.geometry = g;
+        self.header.geometry = g;
+        Ok(())
     }
 
     /// The layer's own entry for cluster `c`.
@@ -660,9 +692,11 @@ impl ActiveLayer {
     /// Make every acknowledged write durable: data, then the journal.
     pub fn flush(&mut self) -> Result<()> {
         if self.unsynced || !self.dirty.is_empty() {
-            self.journal()?;
             self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
             self.unsynced = false;
+            // Created only now that the header (and the data) are durable: a journal's
+            // existence says the layer was synced once (recovery.md §5 "a fresh layer").
+            self.journal()?;
         }
         if !self.dirty.is_empty() {
             let mut clusters: Vec<u64> = self.dirty.iter().copied().collect();
@@ -698,10 +732,7 @@ impl ActiveLayer {
     /// Write the whole map and a new header slot; `seal` carries the hash table when sealing.
     fn checkpoint(&mut self, seal: Option<(&[MapEntry], &[[u8; 32]])>) -> Result<()> {
         // Data written so far and the new map, hash and extern regions are made durable by
-        // one sync before the header names them.
-        if seal.is_none() {
-            self.journal()?;
-        }
+        // one sync before the header names them; the journal is created after that sync.
         let owned_entries;
         let entries: &[MapEntry] = match seal {
             Some((e, _)) => e,
@@ -766,6 +797,9 @@ impl ActiveLayer {
         // Data written so far and the new regions are durable before a header names them.
         self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
         self.unsynced = false;
+        if seal.is_none() {
+            self.journal()?;
+        }
         // The new header into the slot that is not current and its twin (generation + 1) into
         // the current one, then one sync: each slot lies in one sector, so after a crash each
         // holds its old or its new header, both naming synced regions (recovery.md §2).

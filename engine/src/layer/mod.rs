@@ -52,7 +52,13 @@ pub(crate) fn check_header_identity(
             format!("{} but the manifest says {id}", h.layer_id),
         ));
     }
-    if h.geometry != *geometry {
+    // A sealed layer keeps the size the disk had when it was written (a later resize grows
+    // the bundle's geometry); its clusters must match, and it cannot be larger.
+    let g = &h.geometry;
+    if g.cluster_size() != geometry.cluster_size()
+        || g.subcluster_size() != geometry.subcluster_size()
+        || g.virtual_size() > geometry.virtual_size()
+    {
         return Err(Error::format(
             name,
             "virtual_size/cluster_bits/subcluster_bits",
