@@ -357,7 +357,7 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), FieldError> {
         let err = |f: &str, r: String| Err(FieldError::new(f, r));
         super::Geometry::from_sizes(self.virtual_size, self.cluster_size, self.subcluster_size)?;
-        let sized = |v: u64| v >= 512 && v % 512 == 0 && v <= self.virtual_size;
+        let sized = |v: u64| v >= 512 && v.is_multiple_of(512) && v <= self.virtual_size;
         if let Some(h) = self.head_size {
             if !sized(h) {
                 return err(
