@@ -160,6 +160,19 @@ pub fn read_manifest(store: &dyn Store) -> Result<Manifest> {
     Manifest::decode(&bytes).map_err(|e| e.in_object(&format!("{loc}/manifest")))
 }
 
+/// The error of a failed conditional manifest replace: a [`Error::Conflict`] when another
+/// process changed the manifest first.
+pub(crate) fn manifest_replace_err(loc: &str, e: io::Error) -> Error {
+    match crate::store::as_generation_mismatch(&e) {
+        Some(g) => Error::Conflict {
+            path: loc.to_string(),
+            expected: g.expected,
+            found: g.found.unwrap_or(0),
+        },
+        None => Error::io(format!("{loc}/manifest"), "replace", e),
+    }
+}
+
 /// Layers of `m` no longer referenced: removed from `m`; returns the objects to delete.
 pub(crate) fn collect_garbage(m: &mut Manifest) -> Vec<String> {
     let keep = m.referenced_layers();
@@ -212,8 +225,8 @@ pub(crate) fn update_manifest_locked<T>(
     m.validate()
         .map_err(|e| e.in_object(&format!("{loc}/manifest (new)")))?;
     store
-        .write_manifest(&m.encode())
-        .map_err(|e| Error::io(format!("{loc}/manifest"), "replace", e))?;
+        .replace_manifest(&m.encode(), m.generation - 1)
+        .map_err(|e| manifest_replace_err(&loc, e))?;
     for g in garbage {
         // Best effort: a leftover is garbage that the next writer open removes.
         let _ = store.remove_object(g);
@@ -393,8 +406,8 @@ impl Disk {
             policy: None,
         };
         store
-            .write_manifest(&manifest.encode())
-            .map_err(|e| Error::io(format!("{loc}/manifest"), "write", e))?;
+            .replace_manifest(&manifest.encode(), 0)
+            .map_err(|e| manifest_replace_err(&loc, e))?;
         Ok(Disk {
             state: RwLock::new(State {
                 chain: Chain::new(geometry, Vec::new()),

@@ -138,7 +138,16 @@ pub(crate) fn check_entry_bounds(
 }
 
 fn open_obj(store: &dyn Store, name: &str, writable: bool) -> Result<Arc<dyn Object>> {
-    store.open_object(name, writable).map_err(|e| {
+    opened(name, store.open_object(name, writable))
+}
+
+/// Open a sealed layer file (immutable: the store may cache it).
+fn open_sealed(store: &dyn Store, name: &str) -> Result<Arc<dyn Object>> {
+    opened(name, store.open_sealed_object(name))
+}
+
+fn opened(name: &str, r: io::Result<Arc<dyn Object>>) -> Result<Arc<dyn Object>> {
+    r.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Error::Missing {
                 object: name.to_string(),
@@ -167,13 +176,18 @@ pub(crate) fn open_externs(
             ),
         ));
     }
-    names.iter().map(|n| open_obj(store, n, false)).collect()
+    // An extern is always a file written sealed (layer.md §6).
+    names.iter().map(|n| open_sealed(store, n)).collect()
 }
 
 impl LayerData {
     /// Open the layer of `record`. For an unsealed layer the journal is replayed in memory.
     pub fn open(store: &dyn Store, record: &LayerRecord, geometry: &Geometry) -> Result<LayerData> {
-        let obj = open_obj(store, &record.file, false)?;
+        let obj = if record.sealed {
+            open_sealed(store, &record.file)?
+        } else {
+            open_obj(store, &record.file, false)?
+        };
         let name = record.file.clone();
         let (header, _, _, _) = read_header(&obj)?;
         check_header_identity(&name, &header, geometry, record.id)?;
