@@ -24,7 +24,6 @@
 mod cache;
 pub mod conn;
 pub mod ffi;
-#[cfg(feature = "harness")]
 pub mod harness;
 pub mod layout;
 mod lock;

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     pub epoch: AtomicU64,
     /// Set when this client broke a lock: objects opened for writing get re-fenced.
     pub took_over: AtomicBool,
+    /// Set by [`RadosStore::stop_answering`].
+    pub silent: AtomicBool,
     /// Locks held: (lock name, cookie).
     pub held: Mutex<Vec<(&'static str, String)>>,
     pub watch: Mutex<Option<Watch>>,
@@ -213,6 +215,7 @@ impl RadosStore {
                 gid,
                 epoch: AtomicU64::new(0),
                 took_over: AtomicBool::new(false),
+                silent: AtomicBool::new(false),
                 held: Mutex::new(Vec::new()),
                 watch: Mutex::new(None),
             }),
@@ -232,6 +235,14 @@ impl RadosStore {
     /// The epoch this client writes with (0 until it took the writer lock).
     pub fn epoch(&self) -> u64 {
         self.inner.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Stops answering liveness pings, as a host that froze would (tests of fencing in one
+    /// process). The store's locks stay held until a peer fences and breaks them.
+    #[doc(hidden)]
+    pub fn stop_answering(&self) {
+        self.inner.silent.store(true, Ordering::SeqCst);
+        *lock_mutex(&self.inner.watch) = None;
     }
 
     /// True when a manifest exists.
