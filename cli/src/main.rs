@@ -21,6 +21,13 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "vdisk", version, about, long_about = None, propagate_version = true)]
 struct Cli {
+    /// Ceph configuration file for rados://POOL/NAME disks (default: $CEPH_CONF, then
+    /// /etc/ceph/ceph.conf).
+    #[arg(long, global = true, value_name = "FILE")]
+    ceph_conf: Option<std::path::PathBuf>,
+    /// Ceph client id for rados:// disks, without "client." (default: admin).
+    #[arg(long, global = true, value_name = "ID")]
+    ceph_id: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +82,10 @@ enum Command {
 fn main() -> ExitCode {
     open::raise_fd_limit();
     let cli = Cli::parse();
+    open::set_ceph_args(open::CephArgs {
+        conf: cli.ceph_conf.clone(),
+        id: cli.ceph_id.clone(),
+    });
     let result = match cli.command {
         Command::Create(a) => cmd::create::run(a),
         Command::Info(a) => cmd::info::run(a),

@@ -55,7 +55,7 @@ pub struct Args {
 /// Guess a source format: a bundle directory or `.vdisk` is vdisk, `.vmdk` or VMDK content
 /// (`KDMV` magic, a text descriptor) is vmdk, anything else raw.
 pub fn guess(path: &Path) -> Format {
-    if path.join("manifest").is_file() || has_ext(path, "vdisk") {
+    if crate::open::is_rados(path) || path.join("manifest").is_file() || has_ext(path, "vdisk") {
         Format::Vdisk
     } else if has_ext(path, "vmdk") || looks_like_vmdk(path) {
         Format::Vmdk
@@ -66,7 +66,7 @@ pub fn guess(path: &Path) -> Format {
 
 /// Guess an output format from its extension alone (the file does not exist yet).
 pub fn guess_output(path: &Path) -> Format {
-    if has_ext(path, "vdisk") {
+    if crate::open::is_rados(path) || has_ext(path, "vdisk") {
         Format::Vdisk
     } else if has_ext(path, "vmdk") {
         Format::Vmdk
@@ -155,7 +155,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     if result.is_err() {
         // Leave nothing half-written behind.
-        if a.dst.is_dir() {
+        if df == Format::Vdisk && crate::open::is_rados(&a.dst) {
+            crate::open::discard_created(&a.dst);
+        } else if a.dst.is_dir() {
             let _ = std::fs::remove_dir_all(&a.dst);
         } else {
             let _ = std::fs::remove_file(&a.dst);

@@ -67,8 +67,7 @@ struct Mounted {
 
 impl Mounted {
     fn start(a: &Args) -> Result<Mounted> {
-        let path = std::path::absolute(&a.disk)
-            .with_context(|| format!("{}: cannot resolve", a.disk.display()))?;
+        let path = crate::open::resolve(&a.disk)?;
         let (bundle, writer, control): (Arc<dyn Bundle>, _, _) = if a.read_write {
             let disk = crate::open::disk(&path).map_err(|e| {
                 if crate::control::client::is_locked(&e) {

@@ -73,8 +73,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let path = std::path::absolute(&a.disk)
-        .with_context(|| format!("{}: cannot resolve", a.disk.display()))?;
+    let path = crate::open::resolve(&a.disk)?;
     let (provider, writer, control) = if a.read_only {
         let r: Arc<dyn Bundle> = Reader::open(&path, None)?;
         (NbdProvider::new(r, a.export_snapshots), None, None)

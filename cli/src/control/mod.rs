@@ -34,7 +34,7 @@ pub const SOCKET_NAME: &str = "control.sock";
 
 /// The control socket path of the bundle at `bundle`.
 pub fn socket_path(bundle: &Path) -> PathBuf {
-    bundle.join(SOCKET_NAME)
+    crate::open::control_socket(bundle)
 }
 
 /// Longest path `sockaddr_un` holds (108 bytes with the terminating NUL).
