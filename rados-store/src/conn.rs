@@ -175,6 +175,11 @@ impl Cluster {
                 }
             }
         }
+        // A command-line client needs no admin socket; with a shared `admin_socket = …$name…`
+        // setting, concurrent clients would fight over one path and print errors.
+        let (k, v) = (cstr("admin_socket")?, cstr("")?);
+        // SAFETY: not connected yet; NUL-terminated strings.
+        unsafe { (api.rados_conf_set)(h, k.as_ptr(), v.as_ptr()) };
         let mount = opts.mount_timeout_s.unwrap_or(DEFAULT_MOUNT_TIMEOUT_S);
         let op = opts.op_timeout_s.unwrap_or(DEFAULT_OP_TIMEOUT_S);
         c.set_if_default("client_mount_timeout", "300", &mount.to_string())?;

@@ -152,7 +152,13 @@ pub fn api() -> Result<&'static Api, String> {
     static API: OnceLock<Result<Api, String>> = OnceLock::new();
     API.get_or_init(|| {
         let mut errors = Vec::new();
-        for name in LIBRARY_NAMES {
+        // VDISK_LIBRADOS names the library file for installs outside the linker's path.
+        let custom = std::env::var("VDISK_LIBRADOS").ok().filter(|s| !s.is_empty());
+        let names: Vec<String> = match custom {
+            Some(c) => vec![c],
+            None => LIBRARY_NAMES.iter().map(|s| s.to_string()).collect(),
+        };
+        for name in names.iter().map(String::as_str) {
             let c = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
             // SAFETY: `c` is a NUL-terminated file name; RTLD_NOW resolves everything at once.
             let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };

@@ -195,7 +195,6 @@ impl TestCluster {
                  keyring = {d}/keyring\n\
                  run_dir = {d}/run\n\
                  crash_dir = {d}/crash\n\
-                 admin_socket = {d}/run/$name.asok\n\
                  log_file = {d}/log/$name.log\n\
                  mon_cluster_log_file = {d}/log/cluster.log\n\
                  pid_file = {d}/run/$name.pid\n\
