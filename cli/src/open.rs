@@ -61,7 +61,10 @@ fn rados_store(path: &Path) -> Result<RadosStore> {
 pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
     if is_rados(path) {
         let s = rados_store(path)?;
-        if !s.exists().with_context(|| format!("{}: cannot read", s.url()))? {
+        if !s
+            .exists()
+            .with_context(|| format!("{}: cannot read", s.url()))?
+        {
             anyhow::bail!(
                 "{}: not a vdisk bundle (no manifest; create one with `vdisk create`)",
                 s.url()
@@ -84,7 +87,9 @@ pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
 pub fn create_store(path: &Path) -> Result<Arc<dyn Store>> {
     if is_rados(path) {
         let s = rados_store(path)?;
-        if s.exists().with_context(|| format!("{}: cannot read", s.url()))? {
+        if s.exists()
+            .with_context(|| format!("{}: cannot read", s.url()))?
+        {
             anyhow::bail!("cannot create {}: a bundle of that name exists", s.url());
         }
         return Ok(Arc::new(s));
@@ -111,8 +116,7 @@ pub fn control_socket(path: &Path) -> PathBuf {
         return path.join(crate::control::SOCKET_NAME);
     }
     // Keyed by the cluster's fsid: one connection per address and process.
-    static SOCKETS: OnceLock<Mutex<std::collections::HashMap<PathBuf, PathBuf>>> =
-        OnceLock::new();
+    static SOCKETS: OnceLock<Mutex<std::collections::HashMap<PathBuf, PathBuf>>> = OnceLock::new();
     let map = SOCKETS.get_or_init(Default::default);
     if let Some(p) = map.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
         return p.clone();

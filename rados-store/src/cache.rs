@@ -102,7 +102,10 @@ mod tests {
         put(&k, 2, blk(2));
         assert!(get(&k, 0).is_some()); // 0 is now the most recent
         put(&k, 3, blk(3));
-        assert!(get(&k, 1).is_none(), "the least recently used block goes first");
+        assert!(
+            get(&k, 1).is_none(),
+            "the least recently used block goes first"
+        );
         assert_eq!(get(&k, 0).unwrap()[0], 0);
         assert_eq!(get(&k, 3).unwrap()[0], 3);
         assert!(used() <= 3 * BLOCK);

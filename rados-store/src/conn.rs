@@ -136,10 +136,8 @@ impl Cluster {
         let cluster_name = cstr("ceph")?;
         let mut h: ffi::rados_t = ptr::null_mut();
         // SAFETY: out-pointer and two NUL-terminated strings we own.
-        check(
-            unsafe { (api.rados_create2)(&mut h, cluster_name.as_ptr(), cname.as_ptr(), 0) },
-            "rados_create2",
-        )?;
+        let rc = unsafe { (api.rados_create2)(&mut h, cluster_name.as_ptr(), cname.as_ptr(), 0) };
+        check(rc, "rados_create2")?;
         let c = Cluster { api, handle: h };
         // $CEPH_ARGS first, as the Ceph tools do; explicit options below override it.
         // SAFETY: null selects CEPH_ARGS.
@@ -158,10 +156,8 @@ impl Cluster {
                 }
                 let cp = cstr(&p.to_string_lossy())?;
                 // SAFETY: handle not connected yet; NUL-terminated path.
-                check(
-                    unsafe { (api.rados_conf_read_file)(h, cp.as_ptr()) },
-                    &format!("reading Ceph configuration {}", p.display()),
-                )?;
+                let rc = unsafe { (api.rados_conf_read_file)(h, cp.as_ptr()) };
+                check(rc, &format!("reading Ceph configuration {}", p.display()))?;
             }
             None => {
                 // SAFETY: null searches Ceph's default locations.
@@ -186,20 +182,19 @@ impl Cluster {
         c.set_if_default("rados_osd_op_timeout", "0", &op.to_string())?;
         c.set_if_default("rados_mon_op_timeout", "0", &op.to_string())?;
         // SAFETY: configured handle.
-        check(unsafe { (api.rados_connect)(h) }, "connecting to the Ceph cluster").map_err(
-            |e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "{e} (monitors from {}; is the cluster up and the key for {name} \
+        let rc = unsafe { (api.rados_connect)(h) };
+        check(rc, "connecting to the Ceph cluster").map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} (monitors from {}; is the cluster up and the key for {name} \
                          readable?)",
-                        conf.as_ref()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_else(|| "the default configuration".into())
-                    ),
-                )
-            },
-        )?;
+                    conf.as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "the default configuration".into())
+                ),
+            )
+        })?;
         Ok(Arc::new(c))
     }
 
@@ -222,10 +217,8 @@ impl Cluster {
         }
         let v = cstr(value)?;
         // SAFETY: not connected yet; NUL-terminated strings.
-        check(
-            unsafe { (self.api.rados_conf_set)(self.handle, k.as_ptr(), v.as_ptr()) },
-            key,
-        )?;
+        let rc = unsafe { (self.api.rados_conf_set)(self.handle, k.as_ptr(), v.as_ptr()) };
+        check(rc, key)?;
         Ok(())
     }
 
@@ -233,10 +226,8 @@ impl Cluster {
     pub fn fsid(&self) -> io::Result<String> {
         let mut buf = [0 as c_char; 64];
         // SAFETY: buffer of the given length.
-        check(
-            unsafe { (self.api.rados_cluster_fsid)(self.handle, buf.as_mut_ptr(), buf.len()) },
-            "rados_cluster_fsid",
-        )?;
+        let rc = unsafe { (self.api.rados_cluster_fsid)(self.handle, buf.as_mut_ptr(), buf.len()) };
+        check(rc, "rados_cluster_fsid")?;
         // SAFETY: NUL-terminated on success.
         Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
             .to_string_lossy()
@@ -253,10 +244,8 @@ impl Cluster {
     pub fn addrs(&self) -> io::Result<String> {
         let mut p: *mut c_char = ptr::null_mut();
         // SAFETY: out-pointer; the string is freed with rados_buffer_free.
-        check(
-            unsafe { (self.api.rados_getaddrs)(self.handle, &mut p) },
-            "rados_getaddrs",
-        )?;
+        let rc = unsafe { (self.api.rados_getaddrs)(self.handle, &mut p) };
+        check(rc, "rados_getaddrs")?;
         if p.is_null() {
             return Ok(String::new());
         }
@@ -273,15 +262,12 @@ impl Cluster {
     pub fn blocklist(&self, addr: &str, expire_s: u32) -> io::Result<()> {
         let a = cstr(addr)?;
         // SAFETY: NUL-terminated address; librados does not keep the pointer.
-        check(
-            unsafe { (self.api.rados_blocklist_add)(self.handle, a.as_ptr().cast_mut(), expire_s) },
-            &format!("osd blocklist add {addr}"),
-        )?;
+        let rc =
+            unsafe { (self.api.rados_blocklist_add)(self.handle, a.as_ptr().cast_mut(), expire_s) };
+        check(rc, &format!("osd blocklist add {addr}"))?;
         // SAFETY: connected handle.
-        check(
-            unsafe { (self.api.rados_wait_for_latest_osdmap)(self.handle) },
-            "waiting for the OSD map with the blocklist entry",
-        )?;
+        let rc = unsafe { (self.api.rados_wait_for_latest_osdmap)(self.handle) };
+        check(rc, "waiting for the OSD map with the blocklist entry")?;
         Ok(())
     }
 
@@ -301,10 +287,8 @@ impl Cluster {
         }
         let mut io: ffi::rados_ioctx_t = ptr::null_mut();
         // SAFETY: out-pointer; connected handle.
-        check(
-            unsafe { (self.api.rados_ioctx_create)(self.handle, p.as_ptr(), &mut io) },
-            &format!("opening pool {pool:?}"),
-        )?;
+        let rc = unsafe { (self.api.rados_ioctx_create)(self.handle, p.as_ptr(), &mut io) };
+        check(rc, &format!("opening pool {pool:?}"))?;
         Ok(Pool {
             cluster: self.clone(),
             api: self.api,
@@ -484,7 +468,7 @@ impl Pool {
         start_after: &str,
         prefix: &str,
         max: u64,
-    ) -> io::Result<(Vec<(String, Vec<u8>)>, bool)> {
+    ) -> io::Result<OmapPage> {
         let o = cstr(oid)?;
         let s = cstr(start_after)?;
         let empty = cstr(prefix)?;
@@ -547,7 +531,13 @@ impl Pool {
 
     /// Takes an exclusive cls_lock `name` with `cookie` on `oid` (creating the object when
     /// absent). `Ok(false)` when someone else holds it.
-    pub fn lock_exclusive(&self, oid: &str, name: &str, cookie: &str, desc: &str) -> io::Result<bool> {
+    pub fn lock_exclusive(
+        &self,
+        oid: &str,
+        name: &str,
+        cookie: &str,
+        desc: &str,
+    ) -> io::Result<bool> {
         let (o, n, c, d) = (cstr(oid)?, cstr(name)?, cstr(cookie)?, cstr(desc)?);
         // SAFETY: NUL-terminated strings; null duration = no expiry.
         let rc = unsafe {
@@ -609,14 +599,20 @@ impl Pool {
                 )
             };
             if rc == -(libc::ERANGE as isize) && size < (1 << 20) {
-                size = [tl, cl, kl, al, size * 2].into_iter().max().unwrap_or(size * 2);
+                size = [tl, cl, kl, al, size * 2]
+                    .into_iter()
+                    .max()
+                    .unwrap_or(size * 2);
                 continue;
             }
             if rc == -(libc::ENOENT as isize) {
                 return Ok(Vec::new());
             }
             if rc < 0 {
-                return Err(rc_err(rc as i64, &format!("list lockers of {name} on {oid}")));
+                return Err(rc_err(
+                    rc as i64,
+                    &format!("list lockers of {name} on {oid}"),
+                ));
             }
             let split = |b: &[c_char], l: usize| -> Vec<String> {
                 let bytes: Vec<u8> = b[..l.min(b.len())].iter().map(|&c| c as u8).collect();
@@ -694,7 +690,10 @@ impl Pool {
                     } else {
                         // SAFETY: payload readable for payload_len bytes.
                         unsafe {
-                            std::slice::from_raw_parts(a.payload.cast::<u8>(), a.payload_len as usize)
+                            std::slice::from_raw_parts(
+                                a.payload.cast::<u8>(),
+                                a.payload_len as usize,
+                            )
                         }
                         .to_vec()
                     };
@@ -752,6 +751,9 @@ impl Pool {
         })
     }
 }
+
+/// A page of omap pairs and whether more follow.
+pub type OmapPage = (Vec<(String, Vec<u8>)>, bool);
 
 /// Seconds after which the OSD drops the watch of a client that stopped pinging it.
 pub const WATCH_TIMEOUT_S: u32 = 30;
@@ -855,10 +857,8 @@ impl Completion {
     fn new(api: &'static Api) -> io::Result<Completion> {
         let mut raw: ffi::rados_completion_t = ptr::null_mut();
         // SAFETY: out-pointer; no callback.
-        check(
-            unsafe { (api.rados_aio_create_completion2)(ptr::null_mut(), None, &mut raw) },
-            "rados_aio_create_completion2",
-        )?;
+        let rc = unsafe { (api.rados_aio_create_completion2)(ptr::null_mut(), None, &mut raw) };
+        check(rc, "rados_aio_create_completion2")?;
         Ok(Completion {
             api,
             raw,
@@ -1001,7 +1001,12 @@ impl WriteOp {
         let n = cstr(name)?;
         // SAFETY: NUL-terminated name; value copied.
         unsafe {
-            (self.api.rados_write_op_setxattr)(self.raw, n.as_ptr(), value.as_ptr().cast(), value.len())
+            (self.api.rados_write_op_setxattr)(
+                self.raw,
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+            )
         };
         Ok(self)
     }
@@ -1010,7 +1015,13 @@ impl WriteOp {
         let n = cstr(name)?;
         // SAFETY: as above.
         unsafe {
-            (self.api.rados_write_op_cmpxattr)(self.raw, n.as_ptr(), op, value.as_ptr().cast(), value.len())
+            (self.api.rados_write_op_cmpxattr)(
+                self.raw,
+                n.as_ptr(),
+                op,
+                value.as_ptr().cast(),
+                value.len(),
+            )
         };
         Ok(self)
     }
@@ -1019,7 +1030,13 @@ impl WriteOp {
         let mut slot = Box::new(0 as c_int);
         // SAFETY: the slot is boxed and lives in self until the op completes.
         unsafe {
-            (self.api.rados_write_op_cmpext)(self.raw, expect.as_ptr().cast(), expect.len(), off, &mut *slot)
+            (self.api.rados_write_op_cmpext)(
+                self.raw,
+                expect.as_ptr().cast(),
+                expect.len(),
+                off,
+                &mut *slot,
+            )
         };
         self.slots.push((slot, step.to_string()));
         self
@@ -1067,7 +1084,9 @@ impl WriteOp {
         let ks: Vec<*const c_char> = keys.iter().map(|k| k.as_ptr().cast()).collect();
         let kl: Vec<usize> = keys.iter().map(|k| k.len()).collect();
         // SAFETY: arrays of keys.len() elements; copied.
-        unsafe { (self.api.rados_write_op_omap_rm_keys2)(self.raw, ks.as_ptr(), kl.as_ptr(), keys.len()) };
+        unsafe {
+            (self.api.rados_write_op_omap_rm_keys2)(self.raw, ks.as_ptr(), kl.as_ptr(), keys.len())
+        };
         self
     }
 

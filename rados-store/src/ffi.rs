@@ -153,7 +153,9 @@ pub fn api() -> Result<&'static Api, String> {
     API.get_or_init(|| {
         let mut errors = Vec::new();
         // VDISK_LIBRADOS names the library file for installs outside the linker's path.
-        let custom = std::env::var("VDISK_LIBRADOS").ok().filter(|s| !s.is_empty());
+        let custom = std::env::var("VDISK_LIBRADOS")
+            .ok()
+            .filter(|s| !s.is_empty());
         let names: Vec<String> = match custom {
             Some(c) => vec![c],
             None => LIBRARY_NAMES.iter().map(|s| s.to_string()).collect(),
@@ -169,7 +171,9 @@ pub fn api() -> Result<&'static Api, String> {
                     format!("{name}: not found")
                 } else {
                     // SAFETY: a non-null dlerror result is a NUL-terminated string.
-                    unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
+                    unsafe { CStr::from_ptr(msg) }
+                        .to_string_lossy()
+                        .into_owned()
                 });
                 continue;
             }

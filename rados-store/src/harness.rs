@@ -90,7 +90,9 @@ pub fn shared() -> Result<&'static TestCluster, String> {
     static C: std::sync::OnceLock<Result<TestCluster, String>> = std::sync::OnceLock::new();
     C.get_or_init(|| {
         if !available() {
-            return Err("Ceph is not installed (apt-get install ceph-mon ceph-osd ceph-common)".into());
+            return Err(
+                "Ceph is not installed (apt-get install ceph-mon ceph-osd ceph-common)".into(),
+            );
         }
         TestCluster::start(&std::env::temp_dir(), &ClusterConfig::default())
             .map_err(|e| e.to_string())
@@ -101,9 +103,15 @@ pub fn shared() -> Result<&'static TestCluster, String> {
 
 /// True when the Ceph daemons and tools a test cluster needs are installed.
 pub fn available() -> bool {
-    ["ceph-mon", "ceph-osd", "ceph", "ceph-authtool", "monmaptool"]
-        .iter()
-        .all(|t| which(t).is_some())
+    [
+        "ceph-mon",
+        "ceph-osd",
+        "ceph",
+        "ceph-authtool",
+        "monmaptool",
+    ]
+    .iter()
+    .all(|t| which(t).is_some())
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -142,7 +150,10 @@ fn free_port() -> io::Result<u16> {
 
 fn run(cmd: &mut Command, what: &str, log: &Path) -> io::Result<String> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
-        io::Error::new(e.kind(), format!("{what}: cannot run: {e} (is Ceph installed?)"))
+        io::Error::new(
+            e.kind(),
+            format!("{what}: cannot run: {e} (is Ceph installed?)"),
+        )
     })?;
     if !out.status.success() {
         let tail = fs::read_to_string(log).unwrap_or_default();
@@ -226,7 +237,14 @@ impl TestCluster {
             ),
             (
                 "osd.0",
-                vec!["mon", "allow profile osd", "mgr", "allow profile osd", "osd", "allow *"],
+                vec![
+                    "mon",
+                    "allow profile osd",
+                    "mgr",
+                    "allow profile osd",
+                    "osd",
+                    "allow *",
+                ],
             ),
         ] {
             let mut c = Command::new("ceph-authtool");
@@ -278,10 +296,13 @@ impl TestCluster {
             &uuid[20..32]
         );
         run(
-            Command::new("ceph-osd")
-                .arg("-c")
-                .arg(&conf)
-                .args(["-i", "0", "--mkfs", "--osd-uuid", &uuid]),
+            Command::new("ceph-osd").arg("-c").arg(&conf).args([
+                "-i",
+                "0",
+                "--mkfs",
+                "--osd-uuid",
+                &uuid,
+            ]),
             "ceph-osd --mkfs",
             &dir.join("log/osd.0.log"),
         )?;

@@ -214,7 +214,10 @@ mod tests {
     #[test]
     fn epochs_order_as_text() {
         assert!(epoch_text(9) < epoch_text(10));
-        assert_eq!(parse_epoch(Some(epoch_text(42).as_bytes()), "e").unwrap(), 42);
+        assert_eq!(
+            parse_epoch(Some(epoch_text(42).as_bytes()), "e").unwrap(),
+            42
+        );
         assert_eq!(parse_epoch(None, "e").unwrap(), 0);
         assert!(parse_epoch(Some(b"x"), "e").is_err());
     }
@@ -234,6 +237,9 @@ mod tests {
         for bad in ["", "/x", "a/../b", "a//b", "a b"] {
             assert!(check_logical(bad).is_err());
         }
-        assert_eq!(stripe_oid(&stripe_base("web", "layers/a"), 3), "web.vdisk/layers/a/0000000000000003");
+        assert_eq!(
+            stripe_oid(&stripe_base("web", "layers/a"), 3),
+            "web.vdisk/layers/a/0000000000000003"
+        );
     }
 }

@@ -22,7 +22,11 @@ impl StoreLock for HeldLock {}
 impl Drop for HeldLock {
     fn drop(&mut self) {
         lock_mutex(&self.inner.held).retain(|(n, c)| !(*n == self.name && *c == self.cookie));
-        if let Err(e) = self.inner.pool.unlock(&self.inner.head, self.name, &self.cookie) {
+        if let Err(e) = self
+            .inner
+            .pool
+            .unlock(&self.inner.head, self.name, &self.cookie)
+        {
             log::warn!("{}: releasing {}: {e}", self.inner.url, self.name);
         }
     }
@@ -126,7 +130,10 @@ pub(crate) fn acquire(inner: &Arc<Inner>, name: &'static str, wait: bool) -> io:
     let mut sleep = Duration::from_millis(1);
     let mut last_ping: Option<Instant> = None;
     loop {
-        if inner.pool.lock_exclusive(&inner.head, name, &cookie, &desc)? {
+        if inner
+            .pool
+            .lock_exclusive(&inner.head, name, &cookie, &desc)?
+        {
             break;
         }
         let lockers = inner.pool.lockers(&inner.head, name)?;
@@ -140,10 +147,7 @@ pub(crate) fn acquire(inner: &Arc<Inner>, name: &'static str, wait: bool) -> io:
                 Some(who) if !wait => {
                     return Err(io::Error::new(
                         io::ErrorKind::WouldBlock,
-                        format!(
-                            "locked by another writer ({}: {who})",
-                            holder.client
-                        ),
+                        format!("locked by another writer ({}: {who})", holder.client),
                     ))
                 }
                 Some(_) => {}
@@ -169,7 +173,10 @@ pub(crate) fn acquire(inner: &Arc<Inner>, name: &'static str, wait: bool) -> io:
         }
     } else {
         let cur = layout::parse_epoch(
-            inner.pool.getxattr(&inner.head, layout::XATTR_EPOCH)?.as_deref(),
+            inner
+                .pool
+                .getxattr(&inner.head, layout::XATTR_EPOCH)?
+                .as_deref(),
             &format!("{} xattr {}", inner.head, layout::XATTR_EPOCH),
         )?;
         inner.epoch.fetch_max(cur, Ordering::SeqCst);

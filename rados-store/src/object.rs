@@ -203,7 +203,10 @@ impl StripedObject {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) if conn::errno_of(&e) == Some(libc::ECANCELED) => {
-                    return Err(fence_err(&self.inner, &format!("taking over {}", self.name)))
+                    return Err(fence_err(
+                        &self.inner,
+                        &format!("taking over {}", self.name),
+                    ))
                 }
                 Err(e) => return Err(e),
             }
@@ -274,10 +277,14 @@ impl StripedObject {
                 st.fenced.insert(0, self.my_epoch());
                 Ok(())
             }
-            Err(e) if conn::errno_of(&e) == Some(libc::ECANCELED) => {
-                Err(fence_err(&self.inner, &format!("recording the length of {}", self.name)))
-            }
-            Err(e) => Err(conn::context(e, &format!("{}: {}", self.inner.url, self.name))),
+            Err(e) if conn::errno_of(&e) == Some(libc::ECANCELED) => Err(fence_err(
+                &self.inner,
+                &format!("recording the length of {}", self.name),
+            )),
+            Err(e) => Err(conn::context(
+                e,
+                &format!("{}: {}", self.inner.url, self.name),
+            )),
         }
     }
 
@@ -500,7 +507,11 @@ impl Object for StripedObject {
         if end > len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{}: read {offset}+{} past the end ({len} bytes)", self.name, buf.len()),
+                format!(
+                    "{}: read {offset}+{} past the end ({len} bytes)",
+                    self.name,
+                    buf.len()
+                ),
             ));
         }
         match &self.cache_key {
@@ -572,7 +583,10 @@ impl Object for StripedObject {
             ));
         }
         if len > layout::MAX_SIZE {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "length past 2^50"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "length past 2^50",
+            ));
         }
         let mut st = lock_mutex(&self.st);
         self.drain(&mut st)?;

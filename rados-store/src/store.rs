@@ -149,9 +149,9 @@ impl Inner {
 
     /// Deletes up to `max` trash entries older than the grace.
     pub fn purge_trash(&self, max: usize) -> io::Result<()> {
-        let (entries, _) = self
-            .pool
-            .omap_get(&self.head, layout::DIR_TRASH, layout::DIR_TRASH, max as u64)?;
+        let (entries, _) =
+            self.pool
+                .omap_get(&self.head, layout::DIR_TRASH, layout::DIR_TRASH, max as u64)?;
         let now = now_ns();
         let grace = u64::try_from(self.opts.trash_grace.as_nanos()).unwrap_or(u64::MAX);
         for (key, val) in entries {
@@ -257,7 +257,10 @@ impl RadosStore {
         let _m = self.lock_maintenance()?;
         for prefix in [layout::DIR_LIVE, layout::DIR_TRASH] {
             loop {
-                let (entries, _) = self.inner.pool.omap_get(&self.inner.head, prefix, prefix, 512)?;
+                let (entries, _) =
+                    self.inner
+                        .pool
+                        .omap_get(&self.inner.head, prefix, prefix, 512)?;
                 if entries.is_empty() {
                     break;
                 }
@@ -265,8 +268,10 @@ impl RadosStore {
                     if let Some(l) = key.strip_prefix(prefix) {
                         self.inner.delete_stripes(l)?;
                     }
-                    self.inner
-                        .head_op(WriteOp::new(&self.inner.pool).omap_rm(&[key.as_str()]), "destroy")?;
+                    self.inner.head_op(
+                        WriteOp::new(&self.inner.pool).omap_rm(&[key.as_str()]),
+                        "destroy",
+                    )?;
                 }
             }
         }
@@ -407,7 +412,10 @@ impl Store for RadosStore {
         if size > limit {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: {size} bytes, more than a manifest may hold ({limit})", inner.head),
+                format!(
+                    "{}: {size} bytes, more than a manifest may hold ({limit})",
+                    inner.head
+                ),
             ));
         }
         match inner.pool.getxattr(&inner.head, layout::XATTR_LAYOUT)? {
@@ -472,15 +480,26 @@ impl Store for RadosStore {
     }
 
     fn lock_writer(&self) -> io::Result<Box<dyn StoreLock>> {
-        Ok(Box::new(lock::acquire(&self.inner, layout::LOCK_WRITER, false)?))
+        Ok(Box::new(lock::acquire(
+            &self.inner,
+            layout::LOCK_WRITER,
+            false,
+        )?))
     }
 
     fn lock_maintenance(&self) -> io::Result<Box<dyn StoreLock>> {
-        Ok(Box::new(lock::acquire(&self.inner, layout::LOCK_MAINT, true)?))
+        Ok(Box::new(lock::acquire(
+            &self.inner,
+            layout::LOCK_MAINT,
+            true,
+        )?))
     }
 
     fn control_socket_path(&self) -> Option<PathBuf> {
-        let key = format!("{}/{}/{}", self.inner.fsid, self.inner.url.pool, self.inner.url.name);
+        let key = format!(
+            "{}/{}/{}",
+            self.inner.fsid, self.inner.url.pool, self.inner.url.name
+        );
         let h = blake3::hash(key.as_bytes()).to_hex();
         let dir = Self::runtime_dir();
         if std::fs::create_dir_all(&dir).is_ok() {

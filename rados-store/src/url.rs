@@ -37,8 +37,12 @@ impl FromStr for RadosUrl {
             url: s.to_string(),
             reason,
         };
-        let rest = s.strip_prefix(SCHEME).ok_or_else(|| err("no rados:// prefix"))?;
-        let (pool, name) = rest.split_once('/').ok_or_else(|| err("no /NAME after the pool"))?;
+        let rest = s
+            .strip_prefix(SCHEME)
+            .ok_or_else(|| err("no rados:// prefix"))?;
+        let (pool, name) = rest
+            .split_once('/')
+            .ok_or_else(|| err("no /NAME after the pool"))?;
         if pool.is_empty() || pool.len() > 255 || pool.contains('\0') {
             return Err(err("the pool name must be 1 to 255 bytes"));
         }
@@ -57,8 +61,7 @@ fn valid_name(n: &str) -> bool {
         && n.len() <= 96
         && n != "."
         && n != ".."
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 

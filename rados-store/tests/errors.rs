@@ -7,8 +7,10 @@ use vdisk_engine::{CreateOptions, Disk, Store, Target, View};
 use vdisk_rados::{harness, RadosOptions, RadosStore};
 
 fn opts(c: &harness::TestCluster) -> RadosOptions {
-    let mut o = RadosOptions::default();
-    o.connect = c.connect_options();
+    let mut o = RadosOptions {
+        connect: c.connect_options(),
+        ..Default::default()
+    };
     o.connect.mount_timeout_s = Some(3);
     o.connect.op_timeout_s = Some(3);
     o
@@ -22,7 +24,10 @@ fn missing_pool_is_a_clear_error() {
         .err()
         .expect("a missing pool must not open");
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
-    assert!(e.to_string().contains("pool \"nosuchpool\" does not exist"), "{e}");
+    assert!(
+        e.to_string().contains("pool \"nosuchpool\" does not exist"),
+        "{e}"
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
@@ -54,20 +59,26 @@ fn cluster_down_fails_within_the_timeouts() {
     // An open client: its next operation fails after the OSD op timeout.
     let t = Instant::now();
     let r = d.write_at(&[8; 4096], 65536).and_then(|()| d.flush());
-    let e = r.err().expect("a write to a stopped cluster must fail");
+    let e = r.expect_err("a write to a stopped cluster must fail");
     let took = t.elapsed();
     assert!(took < Duration::from_secs(30), "took {took:?}");
     let msg = format!("{:?}", e);
-    assert!(msg.contains("did not answer in time") || msg.contains("timed out"), "{msg}");
+    assert!(
+        msg.contains("did not answer in time") || msg.contains("timed out"),
+        "{msg}"
+    );
     std::mem::forget(d); // its lock release would wait for the timeout too
-    // A new client: connect fails after the mount timeout.
+                         // A new client: connect fails after the mount timeout.
     let t = Instant::now();
     let e = RadosStore::connect(&url.parse().unwrap(), &opts(&c))
         .err()
         .expect("connecting to a stopped cluster must fail");
     let took = t.elapsed();
     assert!(took < Duration::from_secs(30), "connect took {took:?}");
-    assert!(e.to_string().contains("connecting to the Ceph cluster"), "{e}");
+    assert!(
+        e.to_string().contains("connecting to the Ceph cluster"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -77,5 +88,9 @@ fn missing_configuration_is_a_clear_error() {
     let e = RadosStore::connect(&"rados://p/x".parse().unwrap(), &o)
         .err()
         .unwrap();
-    assert!(e.to_string().contains("/nonexistent/ceph.conf: no such file"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("/nonexistent/ceph.conf: no such file"),
+        "{e}"
+    );
 }

@@ -58,8 +58,11 @@ fn host_process() {
     for line in std::io::stdin().lock().lines() {
         let line = line.unwrap();
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (off, seed, len): (u64, u64, usize) =
-            (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap());
+        let (off, seed, len): (u64, u64, usize) = (
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+        );
         let data = pattern(seed, len);
         let r = disk.write_at(&data, off).and_then(|()| {
             if f[0] == "write" {
@@ -85,7 +88,13 @@ impl Host {
     fn start(url: &str) -> Host {
         let c = cluster();
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "host_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "host_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("HOST_URL", url)
             .env("HOST_CONF", c.conf())
             .stdin(Stdio::piped())
@@ -165,7 +174,10 @@ fn second_host_reads_every_flushed_byte_after_kill_9() {
     assert_eq!(h.cmd(&format!("write 0 1 {}", 3 * MIB)), "OK");
     assert_eq!(h.cmd(&format!("write {} 2 65536", 100 * MIB)), "OK");
     // Unflushed writes in flight when the host dies: they may or may not survive.
-    assert_eq!(h.cmd(&format!("writeonly {} 3 {}", 50 * MIB, 2 * MIB)), "OK");
+    assert_eq!(
+        h.cmd(&format!("writeonly {} 3 {}", 50 * MIB, 2 * MIB)),
+        "OK"
+    );
     h.signal(libc::SIGKILL);
     let _ = h.child.wait();
     // The second host: opens for writing (fencing the dead holder), then reads.
@@ -203,7 +215,9 @@ fn fenced_writer_changes_nothing(name: &str, clear_blocklist: bool) {
     let s = store_at(c.conf(), &url);
     let d = Disk::open(s.clone()).expect("standby takes over a paused writer");
     assert!(
-        c.ceph(&["osd", "blocklist", "ls"]).unwrap().contains("127.0.0.1"),
+        c.ceph(&["osd", "blocklist", "ls"])
+            .unwrap()
+            .contains("127.0.0.1"),
         "the paused writer is not blocklisted"
     );
     d.write_at(&pattern(11, 65536), 16 * MIB).unwrap();
@@ -252,8 +266,17 @@ fn live_writer_is_not_fenced() {
     let mut h = Host::start(&url);
     let s = store_at(c.conf(), &url);
     let t = Instant::now();
-    let e = Disk::open(s).err().expect("a second writer must not open a live one's bundle");
+    let e = Disk::open(s)
+        .err()
+        .expect("a second writer must not open a live one's bundle");
     assert!(matches!(e, vdisk_engine::Error::Locked { .. }), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(1), "a live holder answers at once");
-    assert_eq!(h.cmd("write 0 5 4096"), "OK", "the live writer was disturbed");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "a live holder answers at once"
+    );
+    assert_eq!(
+        h.cmd("write 0 5 4096"),
+        "OK",
+        "the live writer was disturbed"
+    );
 }

@@ -13,8 +13,15 @@ use vdisk_rados::{harness, RadosOptions, RadosStore};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { off: u64, len: usize, seed: u8 },
-    Zeroes { off: u64, len: u64 },
+    Write {
+        off: u64,
+        len: usize,
+        seed: u8,
+    },
+    Zeroes {
+        off: u64,
+        len: u64,
+    },
     Flush,
     Snapshot(u8),
     Delete(u8),
@@ -88,7 +95,10 @@ impl Model {
         for (i, (&g, &dur)) in got.iter().zip(&self.durable).enumerate() {
             if g != dur {
                 let ok = self.pending.get(&i).is_some_and(|c| c.contains(&g));
-                assert!(ok, "byte {i} after a crash is {g:#x}: neither durable {dur:#x} nor written since");
+                assert!(
+                    ok,
+                    "byte {i} after a crash is {g:#x}: neither durable {dur:#x} nor written since"
+                );
             }
         }
         self.head = got;
@@ -115,8 +125,10 @@ fn view_all(store: &dyn Store, t: Target) -> Vec<u8> {
 
 fn connect(url: &str) -> Arc<RadosStore> {
     let c = harness::shared().unwrap_or_else(|e| panic!("the test cluster: {e}"));
-    let mut o = RadosOptions::default();
-    o.connect = c.connect_options();
+    let mut o = RadosOptions {
+        connect: c.connect_options(),
+        ..Default::default()
+    };
     o.liveness_timeout = Duration::from_millis(300);
     o.trash_grace = Duration::ZERO;
     Arc::new(RadosStore::connect(&url.parse().unwrap(), &o).expect("connect"))
@@ -178,14 +190,18 @@ fn run(ops: Vec<Op>) {
                     m.flushed();
                     m.snaps.insert(name(i), m.head.clone());
                 }
-                Err(vdisk_engine::Error::SnapshotExists(_)) => assert!(m.snaps.contains_key(&name(i))),
+                Err(vdisk_engine::Error::SnapshotExists(_)) => {
+                    assert!(m.snaps.contains_key(&name(i)))
+                }
                 Err(e) => panic!("snapshot: {e}"),
             },
             Op::Delete(i) => match d.snapshot_delete(&name(i)) {
                 Ok(()) => {
                     m.snaps.remove(&name(i));
                 }
-                Err(vdisk_engine::Error::SnapshotNotFound(_)) => assert!(!m.snaps.contains_key(&name(i))),
+                Err(vdisk_engine::Error::SnapshotNotFound(_)) => {
+                    assert!(!m.snaps.contains_key(&name(i)))
+                }
                 Err(e) => panic!("delete: {e}"),
             },
             Op::Revert(i) => match d.snapshot_revert(&name(i)) {
@@ -193,7 +209,9 @@ fn run(ops: Vec<Op>) {
                     m.head = m.snaps[&name(i)].clone();
                     m.flushed();
                 }
-                Err(vdisk_engine::Error::SnapshotNotFound(_)) => assert!(!m.snaps.contains_key(&name(i))),
+                Err(vdisk_engine::Error::SnapshotNotFound(_)) => {
+                    assert!(!m.snaps.contains_key(&name(i)))
+                }
                 Err(e) => panic!("revert: {e}"),
             },
             Op::Merge(i) => match d.merge_snapshot(&name(i)) {
@@ -201,7 +219,9 @@ fn run(ops: Vec<Op>) {
                     m.snaps.remove(&name(i));
                     m.flushed();
                 }
-                Err(vdisk_engine::Error::SnapshotNotFound(_)) => assert!(!m.snaps.contains_key(&name(i))),
+                Err(vdisk_engine::Error::SnapshotNotFound(_)) => {
+                    assert!(!m.snaps.contains_key(&name(i)))
+                }
                 Err(e) => panic!("merge: {e}"),
             },
             Op::Commit => {
@@ -227,13 +247,18 @@ fn run(ops: Vec<Op>) {
                     let dst = MemStore::new();
                     let e = Disk::create(Arc::new(dst.clone()), &opts).unwrap();
                     let mut full = Vec::new();
-                    vdisk_engine::stream::export_diff(store.as_ref(), None, &a, &mut full, 1).unwrap();
+                    vdisk_engine::stream::export_diff(store.as_ref(), None, &a, &mut full, 1)
+                        .unwrap();
                     e.import_diff(&mut full.as_slice()).unwrap();
                     let mut inc = Vec::new();
-                    vdisk_engine::stream::export_diff(store.as_ref(), Some(&a), &b, &mut inc, 1).unwrap();
+                    vdisk_engine::stream::export_diff(store.as_ref(), Some(&a), &b, &mut inc, 1)
+                        .unwrap();
                     e.import_diff(&mut inc.as_slice()).unwrap();
                     for n in [&a, &b] {
-                        assert!(view_all(&dst, Target::Snapshot(n.clone())) == m.snaps[n], "replica of {n}");
+                        assert!(
+                            view_all(&dst, Target::Snapshot(n.clone())) == m.snaps[n],
+                            "replica of {n}"
+                        );
                     }
                 }
             }
@@ -256,7 +281,8 @@ fn run(ops: Vec<Op>) {
                 let old = disk.take().unwrap();
                 store.stop_answering();
                 let old_store = std::mem::replace(&mut store, connect(&url));
-                let d2 = Disk::open(store.clone()).expect("take over a writer that stopped answering");
+                let d2 =
+                    Disk::open(store.clone()).expect("take over a writer that stopped answering");
                 m.recovered(read_all(&d2));
                 // The fenced writer can change nothing.
                 let w = old.write_at(&[0xEE; 4096], 0).and_then(|()| old.flush());

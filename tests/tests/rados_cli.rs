@@ -57,7 +57,11 @@ fn snapshot_lifecycle_diff_merge_streams_and_conversion() {
     assert!(read_range(&d, Some("s1"), 0, MIB) == a);
     let list: serde_json::Value =
         serde_json::from_str(&vdisk_ok(&["snapshot", "list", ds, "--json"])).unwrap();
-    assert_eq!(list["snapshots"].as_array().map(|l| l.len()), Some(2), "{list}");
+    assert_eq!(
+        list["snapshots"].as_array().map(|l| l.len()),
+        Some(2),
+        "{list}"
+    );
     let diff: serde_json::Value =
         serde_json::from_str(&vdisk_ok(&["diff", ds, "s1", "s2", "--json"])).unwrap();
     assert_eq!(diff["changed_bytes"], 65536, "{diff}");
@@ -65,7 +69,16 @@ fn snapshot_lifecycle_diff_merge_streams_and_conversion() {
     let full = t.path().join("full.vdelta");
     let inc = t.path().join("inc.vdelta");
     vdisk_ok(&["export-diff", ds, "--to", "s1", "-o", s(&full)]);
-    vdisk_ok(&["export-diff", ds, "--from", "s1", "--to", "s2", "-o", s(&inc)]);
+    vdisk_ok(&[
+        "export-diff",
+        ds,
+        "--from",
+        "s1",
+        "--to",
+        "s2",
+        "-o",
+        s(&inc),
+    ]);
     let local = t.path().join("replica.vdisk");
     let remote = disk("cli-replica");
     for r in [local.clone(), remote.clone()] {
@@ -81,8 +94,7 @@ fn snapshot_lifecycle_diff_merge_streams_and_conversion() {
     vdisk_ok(&["compact", ds]);
     assert!(read_range(&d, Some("s2"), 512 * MIB, 65536) == b);
     vdisk_ok(&["check", ds]);
-    let info: serde_json::Value =
-        serde_json::from_str(&vdisk_ok(&["info", ds, "--json"])).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&vdisk_ok(&["info", ds, "--json"])).unwrap();
     assert_eq!(info["virtual_size"], 1u64 << 30, "{info}");
     // Conversion both ways.
     let out = t.path().join("copy.vdisk");
@@ -102,7 +114,12 @@ fn snapshot_lifecycle_diff_merge_streams_and_conversion() {
 
 #[test]
 fn serve_over_nbd_with_snapshots_through_the_control_socket() {
-    if !require("serve_over_nbd_with_snapshots_through_the_control_socket", false, false, &["qemu-io"]) {
+    if !require(
+        "serve_over_nbd_with_snapshots_through_the_control_socket",
+        false,
+        false,
+        &["qemu-io"],
+    ) {
         return;
     }
     let d = disk("cli-serve");
@@ -111,7 +128,11 @@ fn serve_over_nbd_with_snapshots_through_the_control_socket() {
     let srv = Served::start(&d, &["--export-snapshots"]);
     let io = |url: &str, cmds: &[&str]| {
         let ro = cmds.iter().all(|c| c.starts_with("read"));
-        let mut args = if ro { vec!["-r", "-f", "raw"] } else { vec!["-f", "raw"] };
+        let mut args = if ro {
+            vec!["-r", "-f", "raw"]
+        } else {
+            vec!["-f", "raw"]
+        };
         for c in cmds {
             args.extend(["-c", c]);
         }
@@ -126,7 +147,10 @@ fn serve_over_nbd_with_snapshots_through_the_control_socket() {
     io(&srv.url, &["write -P 0xcd 0 64k", "flush"]);
     let out = io(&srv.export("after"), &["read -P 0xab 0 1M"]);
     assert!(!out.contains("Pattern verification failed"), "{out}");
-    assert_eq!(read_range(&d, Some("after"), 0, MIB), vec![0xab; MIB as usize]);
+    assert_eq!(
+        read_range(&d, Some("after"), 0, MIB),
+        vec![0xab; MIB as usize]
+    );
     drop(srv);
     assert_eq!(read_range(&d, None, 0, 65536), vec![0xcd; 65536]);
     vdisk_ok(&["check", ds]);
@@ -134,7 +158,12 @@ fn serve_over_nbd_with_snapshots_through_the_control_socket() {
 
 #[test]
 fn mount_read_write_and_snapshot_through_the_control_socket() {
-    if !require("mount_read_write_and_snapshot_through_the_control_socket", true, true, &[]) {
+    if !require(
+        "mount_read_write_and_snapshot_through_the_control_socket",
+        true,
+        true,
+        &[],
+    ) {
         return;
     }
     let t = tmp();
@@ -145,12 +174,17 @@ fn mount_read_write_and_snapshot_through_the_control_socket() {
     let data = rnd(9, 2 * MIB as usize);
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(m.path("head.raw")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("head.raw"))
+            .unwrap();
         f.write_all_at(&data, 0).unwrap();
         f.sync_all().unwrap();
     }
     vdisk_ok(&["snapshot", "create", ds, "one"]);
-    assert!(wait_until(Duration::from_secs(5), || m.path("snapshots/one.raw").exists()));
+    assert!(wait_until(Duration::from_secs(5), || m
+        .path("snapshots/one.raw")
+        .exists()));
     assert!(std::fs::read(m.path("snapshots/one.raw")).unwrap()[..data.len()] == data[..]);
     drop(m);
     assert!(read_range(&d, Some("one"), 0, 2 * MIB) == data);
@@ -176,13 +210,24 @@ fn kill_9_of_a_writer_then_check_and_take_over() {
     // Kill it while it holds the writer lock.
     let head = "cli-kill.vdisk/manifest";
     assert!(wait_until(Duration::from_secs(20), || c
-        .tool("rados", &["-p", c.pool(), "lock", "info", head, "vdisk.writer"])
+        .tool(
+            "rados",
+            &["-p", c.pool(), "lock", "info", head, "vdisk.writer"]
+        )
         .is_ok_and(|o| o.contains("\"lockers\":[{"))));
     w.kill().unwrap();
     let _ = w.wait();
     // Another process (another cwd) finds a clean bundle and every flushed byte.
-    let o = Command::new(vdisk_bin()).current_dir("/").args(["check", ds]).output().unwrap();
-    assert!(o.status.success(), "check after kill -9: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(vdisk_bin())
+        .current_dir("/")
+        .args(["check", ds])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "check after kill -9: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(read_range(&d, None, 0, MIB) == first);
     // A new writer fences the dead one (it does not answer) and writes.
     write_at(&d, t.path(), 0, &rnd(5, 4096));

@@ -11,7 +11,6 @@ mod mem;
 pub use local::LocalStore;
 pub use mem::{CrashMode, MemStore};
 
-
 use std::io;
 use std::sync::Arc;
 
