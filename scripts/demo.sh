@@ -4,6 +4,10 @@
 # export and check the export with qemu-img.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the build links OpenSSL (the NBD server's TLS)
+if ! pkg-config --exists openssl 2>/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config libssl-dev
+fi
 cargo build --release -q -p vdisk-cli
 V="$(pwd)/target/release/vdisk"
 W="${1:-$(mktemp -d /tmp/vdisk-demo.XXXXXX)}"

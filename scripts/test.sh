@@ -12,6 +12,10 @@ command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v sfdisk >/dev/null || need+=(fdisk)
 command -v xmllint >/dev/null || need+=(libxml2-utils)
+# the NBD server's TLS (OpenSSL: rustls has no external PSK) and its TLS peers
+pkg-config --exists openssl 2>/dev/null || need+=(pkg-config libssl-dev)
+command -v openssl >/dev/null || need+=(openssl)
+command -v nbdinfo >/dev/null || need+=(libnbd-bin)
 # A throw-away Ceph cluster (mon + memstore OSD) for the rados:// tests and bench; rbd for
 # the RBD side of the bench; librados is loaded at run time, never linked.
 command -v ceph-mon >/dev/null || need+=(ceph-mon)

@@ -13,50 +13,12 @@ use crate::report::Report;
 use crate::Opts;
 use anyhow::{Context, Result};
 use std::fs::{self, File};
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use vdisk_engine::{CreateOptions, Disk, ExtentKind, LocalStore, Store, Target, View};
-use vdisk_vmdk::{write_vmdk, Allocation, BlockSource, Extent, Subformat, WriteOptions};
-
-/// A bundle view as the VMDK writers' source (the CLI's adapter, repeated here because the
-/// CLI is a binary crate).
-struct ViewSource<'a>(&'a View);
-
-impl BlockSource for ViewSource<'_> {
-    fn size(&self) -> u64 {
-        self.0.virtual_size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0
-            .read_at(buf, offset)
-            .map_err(|e| io::Error::other(e.to_string()))
-    }
-    fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {
-        let end = offset.saturating_add(length).min(self.size());
-        if end <= offset {
-            return Ok(Vec::new());
-        }
-        let ext = self
-            .0
-            .allocation(offset, end - offset)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(ext
-            .into_iter()
-            .map(|e| Extent {
-                offset: e.offset,
-                length: e.length,
-                kind: match e.kind {
-                    ExtentKind::Data => Allocation::Data,
-                    ExtentKind::Zero => Allocation::Zero,
-                    ExtentKind::Unallocated => Allocation::Unallocated,
-                },
-            })
-            .collect())
-    }
-}
+use vdisk_engine::{CreateOptions, Disk, LocalStore, Store, Target, View};
+use vdisk_vmdk::{write_vmdk, Subformat, WriteOptions};
 
 /// Text-like bytes: words of a fixed 512-word vocabulary (2 to 9 letters) in random order,
 /// separated by spaces and line breaks. Compresses like logs or documents (about 2:1 with
@@ -147,13 +109,14 @@ fn one(
     let store = LocalStore::open(bundle)?;
     let view = View::open(&store, Target::Head)?;
     let size = view.virtual_size();
-    let src = ViewSource(&view);
+    // A view is a block device: the VMDK writers read it as the CLI does.
+    let src = &view;
     let wopts = WriteOptions {
         subformat: Subformat::StreamOptimized,
         ..WriteOptions::default()
     };
     let t = Instant::now();
-    write_vmdk(&src, &ours, &wopts).context("vdisk export")?;
+    write_vmdk(src, &ours, &wopts).context("vdisk export")?;
     let ours_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     q.run(&[

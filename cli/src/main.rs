@@ -2,17 +2,11 @@
 //!
 //! Thin glue: each subcommand parses its arguments and calls one library function.
 
-mod adapters;
-mod blockio;
 mod cmd;
-mod control;
 mod logger;
 mod open;
 mod progress;
 mod size;
-mod transfer;
-mod vmdk_import;
-mod vmdk_io;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

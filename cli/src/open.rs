@@ -1,13 +1,17 @@
-//! Opening bundles from DISK arguments, with the error context a user needs.
+//! Opening bundles from the user's DISK arguments, with the error context a user needs. The
+//! one place where a DISK argument becomes a [`Store`].
 //!
 //! A DISK is a bundle directory (`web.vdisk`) or a bundle in a Ceph pool
 //! (`rados://POOL/NAME`, the cluster chosen by `--ceph-conf`/`CEPH_CONF` and `--ceph-id` as
-//! the Ceph tools do). This module is the one place where a DISK becomes a [`Store`].
+//! the Ceph tools do).
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+use vdisk_blockdev::Volume;
 use vdisk_engine::{Disk, LocalStore, Store, Target, View};
+use vdisk_live::control::{Request, WriterAccess};
+use vdisk_live::{HeldWriter, Reader};
 use vdisk_rados::{RadosOptions, RadosStore, RadosUrl};
 
 /// The global `--ceph-conf` / `--ceph-id` flags.
@@ -39,47 +43,13 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("{}: cannot resolve", path.display()))
 }
 
-fn rados_url(path: &Path) -> Result<RadosUrl> {
-    let s = path.to_str().unwrap_or_default();
-    Ok(s.parse::<RadosUrl>()?)
-}
-
-fn rados_options() -> RadosOptions {
+fn rados_store(path: &Path) -> Result<RadosStore> {
+    let url: RadosUrl = path.to_str().unwrap_or_default().parse()?;
     let a = CEPH.get().cloned().unwrap_or_default();
     let mut o = RadosOptions::default();
     o.connect.conf = a.conf;
     o.connect.id = a.id;
-    o
-}
-
-fn rados_store(path: &Path) -> Result<RadosStore> {
-    let url = rados_url(path)?;
-    RadosStore::connect(&url, &rados_options()).with_context(|| format!("{url}: cannot open"))
-}
-
-/// A store over an existing bundle.
-pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
-    if is_rados(path) {
-        let s = rados_store(path)?;
-        if !s
-            .exists()
-            .with_context(|| format!("{}: cannot read", s.url()))?
-        {
-            anyhow::bail!(
-                "{}: not a vdisk bundle (no manifest; create one with `vdisk create`)",
-                s.url()
-            );
-        }
-        return Ok(Arc::new(s));
-    }
-    if !path.join("manifest").is_file() {
-        anyhow::bail!(
-            "{}: not a vdisk bundle (no manifest; create one with `vdisk create`)",
-            path.display()
-        );
-    }
-    let s = LocalStore::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    Ok(Arc::new(s))
+    RadosStore::connect(&url, &o).with_context(|| format!("{url}: cannot open"))
 }
 
 /// A store for a new bundle: an empty directory made at `path`, or a pool that holds no
@@ -87,9 +57,7 @@ pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
 pub fn create_store(path: &Path) -> Result<Arc<dyn Store>> {
     if is_rados(path) {
         let s = rados_store(path)?;
-        if s.exists()
-            .with_context(|| format!("{}: cannot read", s.url()))?
-        {
+        if s.exists().with_context(|| format!("{}: cannot read", s.url()))? {
             anyhow::bail!("cannot create {}: a bundle of that name exists", s.url());
         }
         return Ok(Arc::new(s));
@@ -110,25 +78,26 @@ pub fn discard_created(path: &Path) {
     }
 }
 
-/// Where the control socket of a long-lived writer of `path` lives.
-pub fn control_socket(path: &Path) -> PathBuf {
-    if !is_rados(path) {
-        return path.join(crate::control::SOCKET_NAME);
+/// A store over an existing bundle.
+pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
+    if is_rados(path) {
+        let s = rados_store(path)?;
+        if !s.exists().with_context(|| format!("{}: cannot read", s.url()))? {
+            anyhow::bail!(
+                "{}: not a vdisk bundle (no manifest; create one with `vdisk create`)",
+                s.url()
+            );
+        }
+        return Ok(Arc::new(s));
     }
-    // Keyed by the cluster's fsid: one connection per address and process.
-    static SOCKETS: OnceLock<Mutex<std::collections::HashMap<PathBuf, PathBuf>>> = OnceLock::new();
-    let map = SOCKETS.get_or_init(Default::default);
-    if let Some(p) = map.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
-        return p.clone();
+    if !path.join("manifest").is_file() {
+        anyhow::bail!(
+            "{}: not a vdisk bundle (no manifest; create one with `vdisk create`)",
+            path.display()
+        );
     }
-    let p = rados_store(path)
-        .ok()
-        .and_then(|s| s.control_socket_path())
-        .unwrap_or_else(|| PathBuf::from("/nonexistent/vdisk-control.sock"));
-    map.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(path.to_path_buf(), p.clone());
-    p
+    let s = LocalStore::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    Ok(Arc::new(s))
 }
 
 /// Open a bundle for writing.
@@ -144,6 +113,97 @@ pub fn view(path: &Path, snapshot: Option<&str>) -> Result<View> {
     };
     View::open(store(path)?.as_ref(), target)
         .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Open the bundle for writing here, or reach the long-lived writer holding it.
+pub fn writer_access(path: &Path) -> Result<WriterAccess> {
+    WriterAccess::open(store(path)?).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Carries out `req` in this process when the bundle is free (`local`, then the disk is
+/// closed), or through the control socket of the long-lived writer holding it, returning the
+/// result either way. `what` names the operation in errors.
+pub fn on_writer<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    req: Request,
+    what: &str,
+    local: impl FnOnce(&Disk) -> vdisk_engine::Result<T>,
+) -> Result<T> {
+    match writer_access(path)? {
+        WriterAccess::Local(d) => {
+            let r = local(&d).with_context(|| what.to_string())?;
+            d.close()?;
+            Ok(r)
+        }
+        WriterAccess::Remote(mut client) => {
+            let r = if req.result_member().is_some() {
+                client.request(&req)
+            } else {
+                client.call(&req).and_then(|_| {
+                    serde_json::from_value(serde_json::Value::Null).map_err(|e| {
+                        vdisk_live::control::ControlError::Protocol {
+                            path: client.path().to_path_buf(),
+                            reason: e.to_string(),
+                        }
+                    })
+                })
+            };
+            r.with_context(|| what.to_string())
+        }
+    }
+}
+
+/// A bundle held for a long-lived command (`serve`, `mount`): as its writer with a control
+/// socket, or lock-free.
+pub enum Held {
+    /// The writer and its control socket.
+    Writer(HeldWriter, Arc<dyn Volume>),
+    /// A lock-free reader.
+    Reader(Arc<dyn Volume>),
+}
+
+impl Held {
+    /// What the servers export.
+    pub fn volume(&self) -> &Arc<dyn Volume> {
+        match self {
+            Held::Writer(_, v) | Held::Reader(v) => v,
+        }
+    }
+
+    /// Stops the control socket and closes the disk (flushed).
+    pub fn close(self) -> Result<()> {
+        match self {
+            Held::Writer(w, v) => {
+                drop(v);
+                w.close().context("closing the disk")
+            }
+            Held::Reader(_) => Ok(()),
+        }
+    }
+}
+
+/// Hold the bundle as its writer (`role`: serve, mount). When another process writes it,
+/// the error ends with `hint` (what to do instead).
+pub fn writer(path: &Path, role: &'static str, hint: &str) -> Result<Held> {
+    let w = HeldWriter::start(store(path)?, role).map_err(|e| {
+        let locked = e.is_locked();
+        let e =
+            anyhow::Error::new(e).context(format!("cannot open {} for writing", path.display()));
+        if locked {
+            e.context(format!("another process writes this disk; {hint}"))
+        } else {
+            e
+        }
+    })?;
+    let v = Arc::clone(w.writer()) as Arc<dyn Volume>;
+    Ok(Held::Writer(w, v))
+}
+
+/// Hold the bundle lock-free; with `only`, show that snapshot alone.
+pub fn reader(path: &Path, only: Option<&str>) -> Result<Held> {
+    let r = Reader::open(store(path)?, only)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Held::Reader(r))
 }
 
 /// Raise the soft open-file limit to the hard one: a deep chain keeps one descriptor per

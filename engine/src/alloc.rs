@@ -2,34 +2,7 @@
 
 use crate::error::Result;
 use crate::resolve::{Loc, Resolver};
-use serde::Serialize;
-
-/// How a guest range reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExtentKind {
-    /// Some layer holds data for it.
-    Data,
-    /// A layer says zeros.
-    Zero,
-    /// No layer decides it (reads as zeros).
-    Unallocated,
-}
-
-/// A run of guest bytes with one kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Extent {
-    /// Guest offset.
-    pub offset: u64,
-    /// Length in bytes.
-    pub length: u64,
-    /// How it reads.
-    pub kind: ExtentKind,
-    /// For data and zero extents: how many layers below the top of the view decide it
-    /// (0 = the top layer).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub depth: Option<u32>,
-}
+pub use vdisk_blockdev::{Extent, ExtentKind};
 
 /// A resolver that can also say how deep a layer index is and skip empty runs fast.
 pub(crate) trait AllocSource: Resolver {

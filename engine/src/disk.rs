@@ -296,7 +296,7 @@ pub(crate) fn valid_snapshot_name(name: &str) -> Result<()> {
 }
 
 /// Summary of a snapshot for listings.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SnapshotInfo {
     /// Snapshot id.
     pub id: Id,

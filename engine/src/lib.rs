@@ -21,6 +21,7 @@
 pub mod alloc;
 pub mod check;
 pub mod compact;
+pub mod device;
 pub mod diff;
 pub mod disk;
 pub mod error;
@@ -35,9 +36,10 @@ pub mod stream;
 pub mod view;
 
 pub use alloc::{Extent, ExtentKind};
+pub use device::io_error;
 pub use disk::{CreateOptions, Disk, SnapshotInfo};
 pub use error::{Error, Result};
 pub use format::{Geometry, Id};
-pub use resolve::is_zero;
 pub use store::{CrashMode, LocalStore, MemStore, Object, Store};
+pub use vdisk_blockdev::{is_zero, BlockDevice, Export};
 pub use view::{Target, View};

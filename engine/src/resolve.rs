@@ -287,17 +287,7 @@ impl Chain {
     }
 }
 
-/// True when every byte is zero.
-#[inline]
-pub fn is_zero(b: &[u8]) -> bool {
-    let mut chunks = b.chunks_exact(64);
-    for c in &mut chunks {
-        if c.iter().fold(0u8, |a, &x| a | x) != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|&x| x == 0)
-}
+pub use vdisk_blockdev::is_zero;
 
 /// A source of subcluster locations and data objects that [`read_runs`] reads from.
 pub(crate) trait Resolver {

@@ -6,13 +6,13 @@
 //!   head/partN.raw           the head's partitions (MBR incl. logical, or GPT)
 //!   snapshots/NAME.raw       each snapshot, read-only, mtime = creation time
 //!   snapshots/NAME/partN.raw each snapshot's partitions
-//!   info.json                MountSource::info_json
+//!   info.json                Volume::info_json
 //! ```
 //!
-//! The filesystem is generic over [`MountSource`] and [`Device`], so it knows nothing of the
-//! engine. It serves requests on several threads, reads straight from the device into the
+//! The filesystem is generic over [`vdisk_blockdev::Volume`] and
+//! [`vdisk_blockdev::BlockDevice`], so it knows nothing of the engine. It serves requests on several threads, reads straight from the device into the
 //! reply, answers `SEEK_DATA`/`SEEK_HOLE` from the allocation map (so `cp --sparse` and
-//! `qemu-img` see holes) and refreshes `snapshots/` when [`MountSource::generation`] changes.
+//! `qemu-img` see holes) and refreshes `snapshots/` when [`Volume::generation`] changes.
 //!
 //! Mounting needs /dev/fuse; as root it uses mount(2), otherwise the `fusermount3` helper of
 //! the `fuse3` package. libfuse is not linked.
@@ -22,7 +22,6 @@ mod error;
 mod fs;
 mod mount;
 pub mod partition;
-mod source;
 mod tree;
 mod unmount;
 mod window;
@@ -30,6 +29,5 @@ mod window;
 pub use daemon::{daemonize, Daemon};
 pub use error::FuseError;
 pub use mount::{mount, MountHandle, MountOptions};
-pub use source::{Device, Extent, MountSource, SnapshotEntry};
 pub use unmount::{unmount, unmount_lazy};
 pub use window::DeviceWindow;

@@ -17,8 +17,8 @@ use signal_hook::iterator::Signals;
 
 use crate::error::FuseError;
 use crate::fs::{FsCore, Tuning, VdiskFs};
-use crate::source::MountSource;
 use crate::unmount::{absolute, unmount_path, Mode};
+use vdisk_blockdev::Volume;
 
 /// How long to wait for request threads to stop after an unmount before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -146,7 +146,7 @@ pub struct MountHandle {
 /// Returns once the kernel has completed the FUSE handshake, so the files are visible when
 /// this returns. Mounts with the mount(2) syscall as root, else through `fusermount3`.
 pub fn mount(
-    source: Arc<dyn MountSource>,
+    source: Arc<dyn Volume>,
     mountpoint: &Path,
     opts: MountOptions,
 ) -> Result<MountHandle, FuseError> {

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use log::warn;
 
 use crate::partition::{read_partition_table, Partition};
-use crate::source::{Device, MountSource, SnapshotEntry};
+use vdisk_blockdev::{BlockDevice, SnapshotEntry, Volume};
 
 /// What an inode stands for. Snapshots are keyed by their id, so a rename keeps the inode
 /// and a deleted snapshot's number is never given to another one.
@@ -124,14 +124,14 @@ impl Catalog {
             if !usable_name(&snap.name) {
                 warn!(
                     "snapshot {:?} (id {}): name cannot be a file name; not shown",
-                    snap.name, snap.id
+                    snap.name, snap.key
                 );
                 continue;
             }
-            if c.by_id.contains_key(&snap.id) {
+            if c.by_id.contains_key(&snap.key) {
                 warn!(
                     "snapshot {:?}: id {} listed twice; not shown",
-                    snap.name, snap.id
+                    snap.name, snap.key
                 );
                 continue;
             }
@@ -144,13 +144,13 @@ impl Catalog {
                 continue;
             }
             for (name, key) in [
-                (file, NodeKey::Snap(snap.id)),
-                (snap.name.clone(), NodeKey::SnapDir(snap.id)),
+                (file, NodeKey::Snap(snap.key)),
+                (snap.name.clone(), NodeKey::SnapDir(snap.key)),
             ] {
                 c.by_name.insert(name.clone(), key);
                 c.entries.push((name, key));
             }
-            c.by_id.insert(snap.id, snap);
+            c.by_id.insert(snap.key, snap);
         }
         c
     }
@@ -172,7 +172,7 @@ impl Catalog {
 #[derive(Default)]
 struct SnapCache {
     /// The opened device while anything holds it; reopened on demand.
-    device: Option<Weak<dyn Device>>,
+    device: Option<Weak<dyn BlockDevice>>,
     /// The partition table, parsed once: a snapshot never changes.
     partitions: Option<Arc<Vec<Partition>>>,
     /// Allocated bytes (for `st_blocks`), computed once.
@@ -181,13 +181,13 @@ struct SnapCache {
 
 /// The snapshot side of the tree: catalog plus caches, shared by all request threads.
 pub(crate) struct Snapshots {
-    source: Arc<dyn MountSource>,
+    source: Arc<dyn Volume>,
     catalog: RwLock<Arc<Catalog>>,
     caches: Mutex<HashMap<u64, SnapCache>>,
 }
 
 impl Snapshots {
-    pub(crate) fn new(source: Arc<dyn MountSource>) -> Self {
+    pub(crate) fn new(source: Arc<dyn Volume>) -> Self {
         Self {
             source,
             catalog: RwLock::new(Arc::new(Catalog::empty())),
@@ -242,7 +242,7 @@ impl Snapshots {
     }
 
     /// The device of snapshot `id`, opened through the source unless someone still holds it.
-    pub(crate) fn device(&self, id: u64) -> io::Result<Arc<dyn Device>> {
+    pub(crate) fn device(&self, id: u64) -> io::Result<Arc<dyn BlockDevice>> {
         if let Some(dev) = self
             .caches()
             .get(&id)
@@ -255,7 +255,7 @@ impl Snapshots {
             .snapshot(id)
             .map(|s| s.name.clone())
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        let dev = self.source.open_snapshot(&name)?;
+        let dev: Arc<dyn BlockDevice> = self.source.open_snapshot(&name)?;
         self.caches().entry(id).or_default().device = Some(Arc::downgrade(&dev));
         Ok(dev)
     }
@@ -281,7 +281,7 @@ impl Snapshots {
     pub(crate) fn allocated(
         &self,
         id: u64,
-        compute: impl FnOnce(&dyn Device) -> Option<u64>,
+        compute: impl FnOnce(&dyn BlockDevice) -> Option<u64>,
     ) -> Option<u64> {
         if let Some(a) = self.caches().get(&id).and_then(|c| c.allocated) {
             return Some(a);
@@ -294,7 +294,7 @@ impl Snapshots {
 }
 
 /// Reads the partition table of the head now (it may change with every write).
-pub(crate) fn head_partitions(head: &dyn Device) -> Vec<Partition> {
+pub(crate) fn head_partitions(head: &dyn BlockDevice) -> Vec<Partition> {
     match read_partition_table(head) {
         Ok(t) => t.partitions,
         Err(e) => {
@@ -326,7 +326,7 @@ mod tests {
     fn snap(name: &str, id: u64) -> SnapshotEntry {
         SnapshotEntry {
             name: name.into(),
-            id,
+            key: id,
             created: UNIX_EPOCH,
             size: 1,
         }

@@ -3,21 +3,21 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::source::{Device, Extent};
+use vdisk_blockdev::{BlockDevice, Extent};
 
 /// The bytes `[start, start + len)` of a parent device, seen as a device of size `len`.
 ///
 /// Writes go to the parent (a partition of a writable head is writable); every access is
 /// bounds-checked against the window, so a window can never reach outside its range.
 pub struct DeviceWindow {
-    parent: Arc<dyn Device>,
+    parent: Arc<dyn BlockDevice>,
     start: u64,
     len: u64,
 }
 
 impl DeviceWindow {
     /// A window of `len` bytes at `start` of `parent`; `None` if it does not fit in the parent.
-    pub fn new(parent: Arc<dyn Device>, start: u64, len: u64) -> Option<Self> {
+    pub fn new(parent: Arc<dyn BlockDevice>, start: u64, len: u64) -> Option<Self> {
         let end = start.checked_add(len)?;
         if end > parent.size() {
             return None;
@@ -42,7 +42,7 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what.to_string())
 }
 
-impl Device for DeviceWindow {
+impl BlockDevice for DeviceWindow {
     fn size(&self) -> u64 {
         self.len
     }
@@ -61,7 +61,7 @@ impl Device for DeviceWindow {
         self.parent.flush()
     }
 
-    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let len = len.min(self.len.saturating_sub(offset));
         if len == 0 {
             return Ok(Vec::new());
@@ -70,7 +70,7 @@ impl Device for DeviceWindow {
             .start
             .checked_add(offset)
             .ok_or_else(|| invalid("offset"))?;
-        let mut extents = self.parent.allocation(at, len)?;
+        let mut extents = self.parent.extents(at, len)?;
         for e in &mut extents {
             // Clip to the window: the parent may answer with wider extents.
             let s = e.offset.max(at);
@@ -93,9 +93,10 @@ impl Device for DeviceWindow {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use vdisk_blockdev::ExtentKind;
 
     struct Mem(Mutex<Vec<u8>>);
-    impl Device for Mem {
+    impl BlockDevice for Mem {
         fn size(&self) -> u64 {
             self.0.lock().map(|v| v.len() as u64).unwrap_or(0)
         }
@@ -114,30 +115,18 @@ mod tests {
         fn flush(&self) -> io::Result<()> {
             Ok(())
         }
-        fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
             // Data in [100, 200), holes elsewhere, reported unclipped on purpose.
             let _ = (offset, len);
             Ok(vec![
-                Extent {
-                    offset: 0,
-                    length: 100,
-                    data: false,
-                },
-                Extent {
-                    offset: 100,
-                    length: 100,
-                    data: true,
-                },
-                Extent {
-                    offset: 200,
-                    length: 824,
-                    data: false,
-                },
+                Extent::new(0, 100, ExtentKind::Unallocated),
+                Extent::new(100, 100, ExtentKind::Data),
+                Extent::new(200, 824, ExtentKind::Unallocated),
             ])
         }
     }
 
-    fn parent() -> Arc<dyn Device> {
+    fn parent() -> Arc<dyn BlockDevice> {
         Arc::new(Mem(Mutex::new((0..1024u32).map(|i| i as u8).collect())))
     }
 
@@ -158,22 +147,14 @@ mod tests {
     #[test]
     fn allocation_is_clipped_and_relative() {
         let w = DeviceWindow::new(parent(), 150, 100).unwrap();
-        let ext = w.allocation(0, 100).unwrap();
+        let ext = w.extents(0, 100).unwrap();
         assert_eq!(
             ext,
             vec![
-                Extent {
-                    offset: 0,
-                    length: 50,
-                    data: true
-                },
-                Extent {
-                    offset: 50,
-                    length: 50,
-                    data: false
-                },
+                Extent::new(0, 50, ExtentKind::Data),
+                Extent::new(50, 50, ExtentKind::Unallocated),
             ]
         );
-        assert!(w.allocation(100, 10).unwrap().is_empty());
+        assert!(w.extents(100, 10).unwrap().is_empty());
     }
 }

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vdisk_fuse::{mount, Device, MountOptions, MountSource, SnapshotEntry};
+use vdisk_blockdev::{BlockDevice, Export, SnapshotEntry, Volume};
+use vdisk_fuse::{mount, MountOptions};
 
 const SIZE: u64 = 256 << 20;
 const SEQ_BLOCK: usize = 1 << 20;
@@ -28,9 +29,12 @@ const RAND_TIME: Duration = Duration::from_secs(2);
 
 struct FileSource(Arc<FileDevice>);
 
-impl MountSource for FileSource {
-    fn head(&self) -> Option<Arc<dyn Device>> {
-        Some(Arc::clone(&self.0) as Arc<dyn Device>)
+impl Volume for FileSource {
+    fn location(&self) -> String {
+        "test".into()
+    }
+    fn head(&self) -> Option<Arc<dyn Export>> {
+        Some(Arc::clone(&self.0) as Arc<dyn Export>)
     }
     fn head_writable(&self) -> bool {
         false
@@ -38,7 +42,7 @@ impl MountSource for FileSource {
     fn snapshots(&self) -> std::io::Result<Vec<SnapshotEntry>> {
         Ok(Vec::new())
     }
-    fn open_snapshot(&self, _: &str) -> std::io::Result<Arc<dyn Device>> {
+    fn open_snapshot(&self, _: &str) -> std::io::Result<Arc<dyn Export>> {
         Err(std::io::ErrorKind::NotFound.into())
     }
     fn generation(&self) -> u64 {
@@ -82,7 +86,7 @@ fn seq_file(path: &Path, direct: bool, evict: bool) -> f64 {
     mb_per_s(total, start.elapsed())
 }
 
-fn seq_device(dev: &dyn Device) -> f64 {
+fn seq_device(dev: &dyn BlockDevice) -> f64 {
     let mut b = vec![0u8; SEQ_BLOCK];
     let start = Instant::now();
     let mut off = 0;
@@ -176,7 +180,7 @@ fn bench_read_throughput() {
     println!("{:<52} {:>10}", "sequential 1 MiB reads", "MB/s");
     println!(
         "{:<52} {:>10.0}",
-        "Device::read_at (pread on the file)",
+        "BlockDevice::read_at (pread on the file)",
         seq_device(dev.as_ref())
     );
     for (label, path, evict) in &targets {
@@ -198,7 +202,7 @@ fn bench_read_throughput() {
         let r = random(threads, |b, o| dev.read_at(b, o).unwrap());
         println!(
             "{:<52} {:>10.1}",
-            format!("Device::read_at, {threads} thread(s)"),
+            format!("BlockDevice::read_at, {threads} thread(s)"),
             r
         );
         for (label, path, evict) in &targets {

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use vdisk_fuse::{mount, Device, MountHandle, MountOptions, MountSource};
+use vdisk_blockdev::{BlockDevice, Volume};
+use vdisk_fuse::{mount, MountHandle, MountOptions};
 
 const MIB: u64 = 1 << 20;
 
 fn mount_at(source: Arc<TestSource>, dir: &Path, read_write: bool) -> MountHandle {
     require_fuse();
-    let src: Arc<dyn MountSource> = source;
+    let src: Arc<dyn Volume> = source;
     let opts = MountOptions {
         read_write,
         fs_name: "vdisk-test".into(),
@@ -167,7 +168,7 @@ fn writes_reach_the_device_and_fsync_flushes() {
         .head_device()
         .flushes
         .load(std::sync::atomic::Ordering::SeqCst);
-    assert!(after > before, "fsync reached Device::flush");
+    assert!(after > before, "fsync reached BlockDevice::flush");
     let mut got = vec![0; data.len()];
     src.head_device().read_at(&mut got, 12_345).unwrap();
     assert!(got == data, "the device holds what was written");

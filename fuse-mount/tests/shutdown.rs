@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vdisk_fuse::{mount, Device, MountOptions, MountSource, SnapshotEntry};
+use vdisk_blockdev::{Export, SnapshotEntry, Volume};
+use vdisk_fuse::{mount, MountOptions};
 
 const HELPER_ENV: &str = "VDISK_FUSE_HELPER_DIR";
 const SIZE: u64 = 64 << 20;
@@ -22,9 +23,12 @@ const SIZE: u64 = 64 << 20;
 /// A source whose head is a plain file and which has no snapshots.
 struct FileSource(Arc<FileDevice>);
 
-impl MountSource for FileSource {
-    fn head(&self) -> Option<Arc<dyn Device>> {
-        Some(Arc::clone(&self.0) as Arc<dyn Device>)
+impl Volume for FileSource {
+    fn location(&self) -> String {
+        "test".into()
+    }
+    fn head(&self) -> Option<Arc<dyn Export>> {
+        Some(Arc::clone(&self.0) as Arc<dyn Export>)
     }
     fn head_writable(&self) -> bool {
         true
@@ -32,7 +36,7 @@ impl MountSource for FileSource {
     fn snapshots(&self) -> std::io::Result<Vec<SnapshotEntry>> {
         Ok(Vec::new())
     }
-    fn open_snapshot(&self, _: &str) -> std::io::Result<Arc<dyn Device>> {
+    fn open_snapshot(&self, _: &str) -> std::io::Result<Arc<dyn Export>> {
         Err(std::io::ErrorKind::NotFound.into())
     }
     fn generation(&self) -> u64 {

@@ -12,7 +12,8 @@ use vdisk_nbd::handshake::{negotiate, HandshakeConfig, HandshakeOutcome};
 use vdisk_nbd::option::parse_option;
 use vdisk_nbd::request::{check_request, Command, RequestLimits};
 use vdisk_nbd::transmission::{serve_requests, TransmissionConfig};
-use vdisk_nbd::{parse_request, Export, MemExport, ShutdownSignal, StaticExports};
+use vdisk_blockdev::BlockDevice;
+use vdisk_nbd::{parse_request, MemDevice, ShutdownSignal, StaticExports};
 
 const MAX_REQUEST: u32 = 64 * 1024;
 
@@ -27,6 +28,9 @@ impl Read for Duplex<'_> {
     }
 }
 
+/// A plain (non-TLS) byte stream: the fuzz input in, replies discarded.
+impl vdisk_nbd::handshake::HandshakeStream for Duplex<'_> {}
+
 impl Write for Duplex<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         Ok(buf.len())
@@ -36,9 +40,9 @@ impl Write for Duplex<'_> {
     }
 }
 
-fn disk(seed: &[u8]) -> Arc<MemExport> {
+fn disk(seed: &[u8]) -> Arc<MemDevice> {
     let size = 1 << 20;
-    let disk = MemExport::new(size);
+    let disk = MemDevice::new(size);
     // Some data so reads mix data and hole chunks.
     let _ = disk.fill(seed.get(..seed.len().min(8192)).unwrap_or(&[]), 4096);
     Arc::new(disk)
@@ -88,7 +92,7 @@ fn one_request(data: &[u8]) {
 fn session(data: &[u8], transmission: bool) {
     let export = disk(data);
     let provider = StaticExports::with_default(export.clone())
-        .add("ro", Arc::new(MemExport::new(8192).read_only(true)));
+        .add("ro", Arc::new(MemDevice::new(8192).read_only(true)));
     let mut stream = Duplex {
         input: Cursor::new(data),
     };

@@ -2,7 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use vdisk_vmdk::{Allocation, BlockSource, VmdkImage};
+use vdisk_vmdk::{ExtentKind, BlockDevice, VmdkImage};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(img) = VmdkImage::open_single(Arc::new(data.to_vec()), "fuzz.vmdk") else {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     // The map of the first 64 MiB, then a read of the start of each data run.
     let span = size.min(64 << 20);
     if let Ok(extents) = img.extents(0, span) {
-        for e in extents.iter().filter(|e| e.kind == Allocation::Data).take(64) {
+        for e in extents.iter().filter(|e| e.kind == ExtentKind::Data).take(64) {
             let n = e.length.min(buf.len() as u64) as usize;
             let _ = img.read_at(&mut buf[..n], e.offset);
         }

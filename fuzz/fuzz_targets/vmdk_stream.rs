@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vdisk_vmdk::sparse::header::{
     SparseHeader, COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END,
 };
-use vdisk_vmdk::{BlockSource, VmdkImage};
+use vdisk_vmdk::{BlockDevice, VmdkImage};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&grains, body)) = data.split_first() else {

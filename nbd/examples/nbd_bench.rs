@@ -7,7 +7,7 @@
 //!     [--size-mib 256] [--block 4096] [--write] [--mem]
 //! ```
 //!
-//! `--mem` serves our side from a `MemExport` holding the same bytes instead of the file.
+//! `--mem` serves our side from a `MemDevice` holding the same bytes instead of the file.
 //! Prints one line per server with IOPS, then the ratio ours / qemu-nbd.
 
 use std::io::Write as _;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vdisk_nbd::{
-    Export, FileExport, ListenAddr, MemExport, Server, ServerConfig, ShutdownSignal, StaticExports,
+    Export, ListenAddr, MemDevice, Server, ServerConfig, ShutdownSignal, StaticExports,
 };
 
 struct Options {
@@ -155,7 +155,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Ours.
     let export: Arc<dyn Export> = if o.mem {
-        let mem = MemExport::new(size);
+        let mem = MemDevice::new(size);
         let mut buf = vec![0u8; 1 << 20];
         let file = std::fs::File::open(&image)?;
         for off in (0..size).step_by(1 << 20) {
@@ -164,7 +164,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Arc::new(mem)
     } else {
-        Arc::new(FileExport::open(&image, false)?)
+        Arc::new(vdisk_live::RawFile::open(&image, false)?)
     };
     let server = Server::bind_tcp("127.0.0.1:0")?;
     let ListenAddr::Tcp(addr) = server.local_addr().clone() else {

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use vdisk_nbd::{
-    Export, FileExport, MemExport, Server, ServerConfig, ShutdownSignal, StaticExports,
-};
+use vdisk_nbd::{Export, MemDevice, Server, ServerConfig, ShutdownSignal, StaticExports};
 
 static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
@@ -38,8 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let export: Arc<dyn Export> = match &file {
-        Some(path) => Arc::new(FileExport::open(path, read_only)?),
-        None => Arc::new(MemExport::new(mem).read_only(read_only)),
+        Some(path) => Arc::new(vdisk_live::RawFile::open(path, read_only)?),
+        None => Arc::new(MemDevice::new(mem).read_only(read_only)),
     };
     let server = match &socket {
         Some(path) => Server::bind_unix(path)?,

@@ -6,10 +6,11 @@
 
 use std::io;
 
-use crate::export::{BlockFlags, Export, Extent};
+use crate::export::{block_status, BlockFlags, Status};
 use crate::proto::{cmd_flags, reply, BASE_ALLOCATION_ID};
 use crate::reply::{chunk_header, done_chunk, error_chunk, hole_chunk, simple_reply};
 use crate::request::{Command, Errno, Request};
+use vdisk_blockdev::Export;
 
 /// Zero extents shorter than this are sent as data in READ replies: a hole chunk costs 32
 /// bytes and a client-side memset, not worth it for a few sectors.
@@ -71,7 +72,11 @@ pub fn execute(
             if payload.is_empty() {
                 Ok(())
             } else {
-                export.write_at(payload, offset, fua)
+                if fua {
+                    export.write_at_fua(payload, offset)
+                } else {
+                    export.write_at(payload, offset)
+                }
             },
             "write",
         ),
@@ -84,7 +89,7 @@ pub fn execute(
                 Ok(())
             } else {
                 export
-                    .trim(offset, len)
+                    .discard(offset, len)
                     .and_then(|()| if fua { export.flush() } else { Ok(()) })
             },
             "trim",
@@ -101,12 +106,21 @@ pub fn execute(
                 );
                 return out;
             }
-            let may_trim = !req.has_flag(cmd_flags::NO_HOLE);
             done(
                 if len == 0 {
                     Ok(())
+                } else if req.has_flag(cmd_flags::NO_HOLE) {
+                    export.write_zeroes_allocated(offset, len).and_then(|()| {
+                        if fua {
+                            export.flush()
+                        } else {
+                            Ok(())
+                        }
+                    })
+                } else if fua {
+                    export.write_zeroes_fua(offset, len)
                 } else {
-                    export.write_zeroes(offset, len, may_trim, fua)
+                    export.write_zeroes(offset, len)
                 },
                 "write zeroes",
             )
@@ -124,8 +138,8 @@ pub fn execute(
 /// Cleans a backend's extent list for the range `[0, len)`: drops empty extents, cuts the
 /// list at `len`, merges neighbours with equal flags and keeps at most `max` extents. The
 /// result may cover less than `len` (when the backend said less, or `max` was reached).
-pub fn normalize_extents(raw: &[Extent], len: u64, max: usize) -> Vec<Extent> {
-    let mut out: Vec<Extent> = Vec::new();
+pub fn normalize_extents(raw: &[Status], len: u64, max: usize) -> Vec<Status> {
+    let mut out: Vec<Status> = Vec::new();
     let mut covered = 0u64;
     for &(ext_len, flags) in raw {
         if covered >= len {
@@ -151,7 +165,7 @@ pub fn normalize_extents(raw: &[Extent], len: u64, max: usize) -> Vec<Extent> {
 type Segment = (u64, u64, bool);
 
 /// Splits a read of `len` bytes at `offset` into data and zero segments covering it exactly.
-fn read_segments(extents: &[Extent], offset: u64, len: u64) -> Vec<Segment> {
+fn read_segments(extents: &[Status], offset: u64, len: u64) -> Vec<Segment> {
     let mut segs: Vec<Segment> = Vec::new();
     let mut pos = offset;
     let end = offset + len;
@@ -210,8 +224,8 @@ fn read_reply(export: &dyn Export, mode: ReplyMode, req: &Request) -> Vec<u8> {
     let extents = if mode.sparse_reads && !req.has_flag(cmd_flags::DF) {
         // Block status is only a hint here: on error, read everything.
         export
-            .block_status(offset, len)
-            .map(|raw| normalize_extents(&raw, len, MAX_READ_CHUNKS))
+            .extents(offset, len)
+            .map(|raw| normalize_extents(&block_status(&raw), len, MAX_READ_CHUNKS))
             .unwrap_or_default()
     } else {
         Vec::new()
@@ -248,8 +262,8 @@ fn read_reply(export: &dyn Export, mode: ReplyMode, req: &Request) -> Vec<u8> {
 
 fn block_status_reply(export: &dyn Export, mode: ReplyMode, req: &Request) -> Vec<u8> {
     let len = u64::from(req.length);
-    let raw = match export.block_status(req.offset, len) {
-        Ok(raw) => raw,
+    let raw = match export.extents(req.offset, len) {
+        Ok(raw) => block_status(&raw),
         Err(err) => {
             let msg = format!("block status at offset {} length {len}: {err}", req.offset);
             let mut out = Vec::with_capacity(64);
@@ -318,7 +332,7 @@ mod tests {
             len in 1u64..100_000,
             max in 1usize..20,
         ) {
-            let raw: Vec<Extent> = raw.into_iter().map(|(l, f)| (l, BlockFlags::from_bits_truncate(f))).collect();
+            let raw: Vec<Status> = raw.into_iter().map(|(l, f)| (l, BlockFlags::from_bits_truncate(f))).collect();
             let out = normalize_extents(&raw, len, max);
             prop_assert!(out.len() <= max);
             prop_assert!(out.iter().map(|e| e.0).sum::<u64>() <= len);
@@ -332,7 +346,7 @@ mod tests {
             offset in 0u64..1 << 40,
             len in 1u64..1 << 22,
         ) {
-            let raw: Vec<Extent> = raw.into_iter().map(|(l, f)| (l, BlockFlags::from_bits_truncate(f))).collect();
+            let raw: Vec<Status> = raw.into_iter().map(|(l, f)| (l, BlockFlags::from_bits_truncate(f))).collect();
             let ext = normalize_extents(&raw, len, MAX_READ_CHUNKS);
             let segs = read_segments(&ext, offset, len);
             prop_assert!(segs.len() <= MAX_READ_CHUNKS);

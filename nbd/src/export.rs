@@ -1,14 +1,18 @@
-//! The backend side of the server: what an export must do, and who hands exports out.
+//! The backend side of the server: who hands exports out, and how their allocation maps
+//! become block status.
 //!
-//! The server knows nothing of the storage behind an export. It checks every request against
-//! the export's size and read-only flag before calling in, so an [`Export`] only ever sees
-//! in-range offsets and lengths, and no write on a read-only export.
+//! An export is any [`vdisk_blockdev::Export`] (a block device with NBD's extras). The
+//! server knows nothing of the storage behind it. It checks every request against the
+//! export's size and read-only flag before calling in, so an export only ever sees in-range
+//! offsets and lengths, and no write on a read-only export. Errors are mapped to NBD error
+//! codes by [`std::io::Error::raw_os_error`] / [`std::io::ErrorKind`] (`ENOSPC`, `EPERM`,
+//! `EINVAL`, otherwise `EIO`).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io;
 use std::ops::{BitOr, BitOrAssign};
 use std::sync::Arc;
+use vdisk_blockdev::{Export, Extent, Volume};
 
 /// Allocation status of an extent, as reported in the `base:allocation` metadata context.
 ///
@@ -67,67 +71,26 @@ impl fmt::Debug for BlockFlags {
     }
 }
 
-/// One extent of a block status answer: `(length_bytes, flags)`.
-pub type Extent = (u64, BlockFlags);
+/// One run of a block status answer: `(length_bytes, flags)`.
+pub type Status = (u64, BlockFlags);
 
-/// A virtual disk served over NBD.
-///
-/// Methods are called concurrently from several worker threads (several requests of one
-/// client, and several clients), hence `Send + Sync` and `&self`. The server guarantees
-/// `offset + len <= size()` for every call and never calls a writing method when
-/// [`read_only`](Export::read_only) is true. Errors are mapped to NBD error codes by
-/// [`std::io::Error::raw_os_error`] / [`std::io::ErrorKind`] (`ENOSPC`, `EPERM`, `EINVAL`,
-/// otherwise `EIO`).
-pub trait Export: Send + Sync {
-    /// Virtual size in bytes; read once per connection when the client selects the export.
-    fn size(&self) -> u64;
-
-    /// True when the export refuses writes (snapshots, `--read-only`).
-    fn read_only(&self) -> bool;
-
-    /// Fills `buf` with the bytes at `offset`.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-
-    /// Writes `buf` at `offset`; when `fua` is true the data must be durable on return.
-    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()>;
-
-    /// Makes `len` bytes at `offset` read as zeroes. `may_trim` allows deallocating them
-    /// (false when the client asked `NO_HOLE`); `fua` asks durability on return.
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> io::Result<()>;
-
-    /// Discard hint: the client no longer needs the content of the range, which may then
-    /// read as anything (zeroes usually). Doing nothing is a valid implementation.
-    fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
-
-    /// Makes every write that completed before this call durable.
-    fn flush(&self) -> io::Result<()>;
-
-    /// Allocation status of `[offset, offset + len)`, as consecutive extents from `offset`.
-    ///
-    /// The extents may cover less than `len` (the client then asks again for the rest) or
-    /// more (the surplus is cut off); zero-length extents are skipped. An empty answer is
-    /// reported as one `DATA` extent.
-    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>>;
-
-    /// Human-readable description, sent as `NBD_INFO_DESCRIPTION` when non-empty.
-    fn description(&self) -> String {
-        String::new()
+/// A device's allocation map as `base:allocation` runs, neighbours with the same flags
+/// merged. Data is `DATA`; zero and unallocated extents read as zeros and hold no data:
+/// `HOLE|ZERO`.
+pub fn block_status(extents: &[Extent]) -> Vec<Status> {
+    let mut out: Vec<Status> = Vec::with_capacity(extents.len());
+    for e in extents {
+        let flags = if e.kind.is_hole() {
+            BlockFlags::HOLE | BlockFlags::ZERO
+        } else {
+            BlockFlags::DATA
+        };
+        match out.last_mut() {
+            Some((len, f)) if *f == flags => *len += e.length,
+            _ => out.push((e.length, flags)),
+        }
     }
-
-    /// True when the export has no cache private to one connection, so that a flush (or FUA
-    /// write) on one connection is visible and durable for all of them. Enables
-    /// `NBD_FLAG_CAN_MULTI_CONN`, which lets clients such as qemu spread requests over
-    /// several connections. Read-only exports always advertise it.
-    fn can_multi_conn(&self) -> bool {
-        false
-    }
-
-    /// True when [`write_zeroes`](Export::write_zeroes) is cheaper than writing zero data
-    /// (for example because zeroes store no data). Requests with `NBD_CMD_FLAG_FAST_ZERO`
-    /// fail fast with `ENOTSUP` when this is false, as the spec asks.
-    fn fast_zero(&self) -> bool {
-        false
-    }
+    out
 }
 
 /// Hands exports out to clients during negotiation.
@@ -185,6 +148,122 @@ impl ExportProvider for StaticExports {
     }
 }
 
+/// Longest range one block-status answer describes; the client asks again for the rest.
+pub const MAX_STATUS_SPAN: u64 = 1 << 30;
+
+/// A [`Volume`] served over NBD: its head is the default export and, when asked, every
+/// snapshot is a read-only export named after it, listed afresh for every client.
+pub struct VolumeExports {
+    volume: Arc<dyn Volume>,
+    export_snapshots: bool,
+}
+
+impl VolumeExports {
+    /// Serves `volume`'s head and, with `export_snapshots`, its snapshots by name.
+    pub fn new(volume: Arc<dyn Volume>, export_snapshots: bool) -> VolumeExports {
+        VolumeExports {
+            volume,
+            export_snapshots,
+        }
+    }
+}
+
+/// An export with a description of its own (the device's, or the volume's words).
+struct Described {
+    inner: Arc<dyn Export>,
+    description: String,
+}
+
+impl vdisk_blockdev::BlockDevice for Described {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.write_zeroes(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+    fn extents(&self, offset: u64, len: u64) -> std::io::Result<Vec<Extent>> {
+        self.inner.extents(offset, len.min(MAX_STATUS_SPAN))
+    }
+}
+
+impl Export for Described {
+    fn write_at_fua(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at_fua(buf, offset)
+    }
+    fn write_zeroes_fua(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.write_zeroes_fua(offset, len)
+    }
+    fn can_multi_conn(&self) -> bool {
+        self.inner.can_multi_conn()
+    }
+    fn fast_zero(&self) -> bool {
+        self.inner.fast_zero()
+    }
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+}
+
+impl ExportProvider for VolumeExports {
+    fn default_export(&self) -> Option<Arc<dyn Export>> {
+        let head = self.volume.head()?;
+        let what = if head.read_only() {
+            "read-only head"
+        } else {
+            "head"
+        };
+        let description = format!("vdisk {what} of {}", self.volume.location());
+        Some(Arc::new(Described {
+            inner: head,
+            description,
+        }))
+    }
+
+    fn list(&self) -> Vec<String> {
+        let mut names = vec![String::new()];
+        if self.export_snapshots {
+            match self.volume.snapshots() {
+                Ok(list) => names.extend(list.into_iter().map(|s| s.name)),
+                Err(e) => log::warn!("listing snapshots of {}: {e}", self.volume.location()),
+            }
+        }
+        names
+    }
+
+    fn open(&self, name: &str) -> Option<Arc<dyn Export>> {
+        if !self.export_snapshots {
+            return None;
+        }
+        match self.volume.open_snapshot(name) {
+            Ok(inner) => Some(Arc::new(Described {
+                inner,
+                description: format!("vdisk snapshot {name} of {}", self.volume.location()),
+            })),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("opening snapshot {name:?}: {e}");
+                }
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +280,27 @@ mod tests {
             "HOLE|ZERO"
         );
         assert_eq!(format!("{:?}", BlockFlags::DATA), "DATA");
+    }
+
+    #[test]
+    fn extents_become_block_status() {
+        use vdisk_blockdev::ExtentKind::*;
+        let ext = [
+            Extent::new(0, 4096, Data),
+            Extent::new(4096, 4096, Zero),
+            Extent::new(8192, 8192, Unallocated),
+            Extent {
+                depth: Some(2),
+                ..Extent::new(16384, 4096, Data)
+            },
+        ];
+        assert_eq!(
+            block_status(&ext),
+            [
+                (4096, BlockFlags::DATA),
+                (12288, BlockFlags::HOLE | BlockFlags::ZERO),
+                (4096, BlockFlags::DATA)
+            ]
+        );
     }
 }

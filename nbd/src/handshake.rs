@@ -1,12 +1,16 @@
 //! The fixed-newstyle handshake and option haggling, up to the transmission phase.
 //!
-//! Generic over any `Read + Write` byte stream so it can be driven in memory (tests, fuzzing).
-//! TLS is not offered (NOTLS mode): `NBD_OPT_STARTTLS` is answered `NBD_REP_ERR_POLICY`.
+//! Generic over any [`HandshakeStream`] (any `Read + Write` byte stream that may be upgraded
+//! to TLS) so it can be driven in memory (tests, fuzzing). Without TLS credentials the
+//! server runs in the spec's NOTLS mode (`NBD_OPT_STARTTLS` is answered
+//! `NBD_REP_ERR_POLICY`); with them, in FORCEDTLS mode: every option but `STARTTLS` and
+//! `ABORT` is answered `NBD_REP_ERR_TLS_REQD` until TLS is up, and `NBD_OPT_EXPORT_NAME`
+//! before it ends the session.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use crate::export::{Export, ExportProvider};
+use crate::export::ExportProvider;
 use crate::option::{
     option_name, parse_option, parse_option_header, ClientOption, InfoRequest, MetaContextRequest,
     OptionError, MAX_OPTION_DATA, MAX_OPTION_DRAIN,
@@ -17,6 +21,7 @@ use crate::proto::{
 };
 use crate::reply::option_reply;
 use crate::shutdown::ShutdownSignal;
+use vdisk_blockdev::Export;
 
 /// Most options one client may send before the server gives up on it. `qemu-nbd --list`
 /// sends about three per export, so this allows listing thousands of snapshots while still
@@ -25,6 +30,44 @@ pub const MAX_OPTIONS: usize = 65_536;
 
 /// Preferred block size advertised in `NBD_INFO_BLOCK_SIZE`.
 pub const PREFERRED_BLOCK_SIZE: u32 = 4096;
+
+/// A client connection as the handshake sees it: bytes both ways, and possibly an upgrade
+/// to TLS after `NBD_OPT_STARTTLS` has been acknowledged.
+pub trait HandshakeStream: Read + Write {
+    /// TLS must be negotiated before any option but `STARTTLS` and `ABORT` (FORCEDTLS).
+    fn tls_required(&self) -> bool {
+        false
+    }
+    /// TLS is up: reads and writes go through it.
+    fn tls_active(&self) -> bool {
+        false
+    }
+    /// Runs the TLS handshake (the ACK has been sent); afterwards reads and writes are
+    /// encrypted. Only called when [`tls_required`](Self::tls_required).
+    fn start_tls(&mut self) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// A plain stream that never offers TLS (NOTLS mode), for in-memory use.
+pub struct NoTls<S>(pub S);
+
+impl<S: Read> Read for NoTls<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<S: Write> Write for NoTls<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<S: Read + Write> HandshakeStream for NoTls<S> {}
 
 /// Why a handshake ended without reaching transmission (other than a clean abort).
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +109,12 @@ pub enum HandshakeError {
     /// More than [`MAX_OPTIONS`] options.
     #[error("NBD handshake: more than {MAX_OPTIONS} options")]
     TooManyOptions,
+    /// `NBD_OPT_EXPORT_NAME` before TLS on a server that requires TLS.
+    #[error("NBD handshake: the client chose an export without starting TLS, which this server requires")]
+    TlsRequired,
+    /// The TLS handshake after `NBD_OPT_STARTTLS` failed.
+    #[error("NBD handshake: TLS negotiation failed")]
+    Tls(#[source] io::Error),
 }
 
 /// How a handshake ended successfully.
@@ -117,7 +166,7 @@ pub fn transmission_flags(export: &dyn Export, structured: bool) -> u16 {
 }
 
 /// Runs the server side of the handshake on `stream`.
-pub fn negotiate<S: Read + Write>(
+pub fn negotiate<S: HandshakeStream>(
     stream: &mut S,
     provider: &dyn ExportProvider,
     config: HandshakeConfig,
@@ -200,6 +249,39 @@ pub fn negotiate<S: Read + Write>(
             return Ok(HandshakeOutcome::Closed);
         }
 
+        if stream.tls_required() && !stream.tls_active() {
+            match code {
+                opt::EXPORT_NAME => return Err(HandshakeError::TlsRequired),
+                opt::ABORT => {}
+                opt::STARTTLS if data.is_empty() => {
+                    option_reply(&mut out, code, rep::ACK, b"");
+                    send(stream, &out, "answering NBD_OPT_STARTTLS")?;
+                    stream.start_tls().map_err(HandshakeError::Tls)?;
+                    continue;
+                }
+                opt::STARTTLS => {
+                    option_reply(
+                        &mut out,
+                        code,
+                        rep::ERR_INVALID,
+                        b"NBD_OPT_STARTTLS takes no data",
+                    );
+                    send(stream, &out, "replying to an option")?;
+                    continue;
+                }
+                _ => {
+                    option_reply(
+                        &mut out,
+                        code,
+                        rep::ERR_TLS_REQD,
+                        b"this server requires TLS: send NBD_OPT_STARTTLS first",
+                    );
+                    send(stream, &out, "replying to an option")?;
+                    continue;
+                }
+            }
+        }
+
         let option = match parse_option(code, &data) {
             Ok(option) => option,
             Err(err) if code == opt::EXPORT_NAME => return Err(err.into()),
@@ -232,11 +314,14 @@ pub fn negotiate<S: Read + Write>(
                 return Ok(HandshakeOutcome::Closed);
             }
             ClientOption::List => session.list(&mut out, code),
+            ClientOption::StartTls if stream.tls_active() => {
+                option_reply(&mut out, code, rep::ERR_INVALID, b"TLS is already active")
+            }
             ClientOption::StartTls => option_reply(
                 &mut out,
                 code,
                 rep::ERR_POLICY,
-                b"TLS is not supported by this server",
+                b"TLS is not offered by this server",
             ),
             ClientOption::Info(req) => {
                 session.info(&mut out, code, &req);

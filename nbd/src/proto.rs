@@ -79,7 +79,7 @@ pub mod opt {
     pub const LIST: u32 = 3;
     /// Withdrawn extension.
     pub const PEEK_EXPORT: u32 = 4;
-    /// Upgrade to TLS (refused: we operate in NOTLS mode).
+    /// Upgrade to TLS (accepted in FORCEDTLS mode, refused without TLS credentials).
     pub const STARTTLS: u32 = 5;
     /// Describe one export.
     pub const INFO: u32 = 6;
@@ -115,7 +115,7 @@ pub mod rep {
     pub const ERR_INVALID: u32 = ERR_BIT | 3;
     /// Not supported on this platform.
     pub const ERR_PLATFORM: u32 = ERR_BIT | 4;
-    /// TLS required (never sent: NOTLS mode).
+    /// TLS required (FORCEDTLS mode, before `STARTTLS`).
     pub const ERR_TLS_REQD: u32 = ERR_BIT | 5;
     /// No such export.
     pub const ERR_UNKNOWN: u32 = ERR_BIT | 6;

@@ -13,11 +13,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::export::{Export, ExportProvider};
+use crate::export::ExportProvider;
 use crate::handshake::{negotiate, HandshakeConfig, HandshakeOutcome};
 use crate::shutdown::ShutdownSignal;
 use crate::stream::Stream;
+use crate::tls::Connection;
 use crate::transmission::{serve_requests, TransmissionConfig};
+use vdisk_blockdev::Export;
 
 /// How long the accept loop waits for a client before checking the shutdown signal again.
 pub const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -42,6 +44,9 @@ pub struct ServerConfig {
     /// Answer READs with hole chunks where the export reports zeroes (asks the export for
     /// block status on every read).
     pub sparse_reads: bool,
+    /// TLS credentials: when set, every client must upgrade with `NBD_OPT_STARTTLS`
+    /// before anything else (the spec's FORCEDTLS mode).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +59,7 @@ impl Default for ServerConfig {
             handshake_timeout: Some(Duration::from_secs(30)),
             write_timeout: Some(Duration::from_secs(60)),
             sparse_reads: true,
+            tls: None,
         }
     }
 }
@@ -119,6 +125,20 @@ pub enum ServerError {
     },
 }
 
+/// How [`Server::bind_unix_with`] creates its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixSocketOptions {
+    /// Permission bits of the socket file (0o600 by default: only its owner may connect;
+    /// 0o660 lets the owner's group in). Set whatever the process umask is.
+    pub mode: u32,
+}
+
+impl Default for UnixSocketOptions {
+    fn default() -> Self {
+        UnixSocketOptions { mode: 0o600 }
+    }
+}
+
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -130,28 +150,32 @@ pub enum ListenAddr {
 
 enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener),
+    /// With `owner_only`, peers of another user (root aside) are refused at accept.
+    Unix {
+        listener: UnixListener,
+        owner_only: bool,
+    },
 }
 
 impl Listener {
     fn accept(&self) -> io::Result<Stream> {
         Ok(match self {
             Listener::Tcp(l) => Stream::Tcp(l.accept()?.0),
-            Listener::Unix(l) => Stream::Unix(l.accept()?.0),
+            Listener::Unix { listener, .. } => Stream::Unix(listener.accept()?.0),
         })
     }
 
     fn fd(&self) -> RawFd {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
-            Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Unix { listener, .. } => listener.as_raw_fd(),
         }
     }
 
     fn set_nonblocking(&self) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(true),
-            Listener::Unix(l) => l.set_nonblocking(true),
+            Listener::Unix { listener, .. } => listener.set_nonblocking(true),
         }
     }
 }
@@ -177,23 +201,42 @@ impl Server {
         })
     }
 
-    /// Listens on a Unix socket at `path`. A stale socket left by a dead server is replaced;
-    /// a live one, or any other file, is an error. The socket file is removed when `run`
-    /// returns.
+    /// Listens on a Unix socket at `path`, owner-only ([`UnixSocketOptions::default`]).
+    /// A stale socket left by a dead server is replaced; a live one, or any other file, is
+    /// an error. The socket file is removed when `run` returns.
     pub fn bind_unix<P: AsRef<Path>>(path: P) -> Result<Server, ServerError> {
+        Self::bind_unix_with(path, UnixSocketOptions::default())
+    }
+
+    /// Listens on a Unix socket at `path` with the permission bits of `opts`, set before
+    /// the socket appears at `path`: it is bound inside a fresh private folder beside
+    /// `path`, given its mode there, and moved into place (never over an existing file).
+    pub fn bind_unix_with<P: AsRef<Path>>(
+        path: P,
+        opts: UnixSocketOptions,
+    ) -> Result<Server, ServerError> {
         let path = path.as_ref();
         let bind_err = |source| ServerError::Bind {
             addr: path.display().to_string(),
             source,
         };
+        if opts.mode & !0o777 != 0 {
+            return Err(ServerError::Config {
+                field: "socket mode",
+                reason: format!("{:o} has bits beyond 0777", opts.mode),
+            });
+        }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if meta.file_type().is_socket() && UnixStream::connect(path).is_err() {
                 std::fs::remove_file(path).map_err(bind_err)?;
             }
         }
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let listener = crate::socket::bind_private(path, opts.mode).map_err(bind_err)?;
         Ok(Server {
-            listener: Listener::Unix(listener),
+            listener: Listener::Unix {
+                listener,
+                owner_only: opts.mode & 0o077 == 0,
+            },
             addr: ListenAddr::Unix(path.to_owned()),
         })
     }
@@ -265,6 +308,18 @@ impl Server {
                     continue;
                 }
             };
+            if let (
+                Listener::Unix {
+                    owner_only: true, ..
+                },
+                Stream::Unix(s),
+            ) = (&self.listener, &stream)
+            {
+                if let Err(why) = crate::socket::check_peer_is_owner(s) {
+                    log::warn!("NBD server: refusing a Unix-socket client: {why}");
+                    continue;
+                }
+            }
             lock(&state.threads).retain(|h| !h.is_finished());
             if state.active.load(Ordering::Acquire) >= config.max_connections {
                 log::warn!(
@@ -343,7 +398,7 @@ impl Drop for ConnectionGuard {
 }
 
 fn serve_connection(
-    mut stream: Stream,
+    stream: Stream,
     provider: &dyn ExportProvider,
     config: &ServerConfig,
     shutdown: &ShutdownSignal,
@@ -354,13 +409,14 @@ fn serve_connection(
     let handshake = HandshakeConfig {
         max_request_bytes: config.max_request_bytes,
     };
+    let mut stream = Connection::new(stream, config.tls.clone());
     let negotiated = match negotiate(&mut stream, provider, handshake, shutdown)? {
         HandshakeOutcome::Transmission(n) => n,
         HandshakeOutcome::Closed => return Ok(()),
     };
     log::debug!(
         "NBD client {} opened export {:?} (size {}, flags {:#06x})",
-        stream.peer(),
+        stream.raw().peer(),
         negotiated.name,
         negotiated.size,
         negotiated.flags
@@ -375,13 +431,13 @@ fn serve_connection(
         }
     }
     // A client may stay idle in transmission for as long as it likes.
-    stream.set_read_timeout(None)?;
+    stream.raw().set_read_timeout(None)?;
     if shutdown.is_triggered() {
         // The shutdown may have swept the connections before this one reached transmission.
         return Ok(());
     }
-    let writer = stream.try_clone()?;
-    let aborter = stream.try_clone()?;
+    let writer = stream.writer()?;
+    let aborter = stream.raw().try_clone()?;
     let abort = move || {
         let _ = aborter.shutdown(Shutdown::Both);
     };
@@ -392,7 +448,7 @@ fn serve_connection(
         sparse_reads: config.sparse_reads,
     };
     let end = serve_requests(&mut stream, writer, &negotiated, transmission, &abort)?;
-    log::debug!("NBD client {}: {end:?}", stream.peer());
+    log::debug!("NBD client {}: {end:?}", stream.raw().peer());
     Ok(())
 }
 

@@ -6,23 +6,24 @@ mod common;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vdisk_blockdev::BlockDevice;
 
 use common::{RawClient, Reply, TestServer};
 use vdisk_nbd::proto::{cmd, cmd_flags, opt, rep, transmission_flags as tf, IHAVEOPT};
-use vdisk_nbd::{MemExport, ServerConfig, StaticExports};
+use vdisk_nbd::{MemDevice, ServerConfig, StaticExports};
 
 const EPERM: u32 = 1;
 const EINVAL: u32 = 22;
 const ENOSPC: u32 = 28;
 const SIZE: u64 = 4 << 20;
 
-fn server() -> (TestServer, Arc<MemExport>) {
+fn server() -> (TestServer, Arc<MemDevice>) {
     server_with(ServerConfig::default())
 }
 
-fn server_with(config: ServerConfig) -> (TestServer, Arc<MemExport>) {
-    let disk = Arc::new(MemExport::new(SIZE));
-    let snap = Arc::new(MemExport::new(SIZE).read_only(true));
+fn server_with(config: ServerConfig) -> (TestServer, Arc<MemDevice>) {
+    let disk = Arc::new(MemDevice::new(SIZE));
+    let snap = Arc::new(MemDevice::new(SIZE).read_only(true));
     let provider = StaticExports::with_default(disk.clone()).add("ro", snap);
     (TestServer::with_config(Arc::new(provider), config), disk)
 }
@@ -165,7 +166,7 @@ fn request_errors_follow_the_spec_and_keep_the_session() {
     c.request(cmd::READ, 0, 13, 4096, 512);
     assert_eq!(c.read_structured(13, 4096, 512).0, vec![0x42; 512]);
     let mut b = [0u8; 1];
-    vdisk_nbd::Export::read_at(&*disk, &mut b, SIZE - 2).unwrap();
+    BlockDevice::read_at(&*disk, &mut b, SIZE - 2).unwrap();
     assert_eq!(b[0], 0, "refused write left no trace");
 }
 
@@ -218,7 +219,7 @@ fn abrupt_disconnect_in_the_middle_of_a_write_payload() {
     }
     // Truncated writes were never executed.
     let mut b = [0u8; 1];
-    vdisk_nbd::Export::read_at(&*disk, &mut b, 0).unwrap();
+    BlockDevice::read_at(&*disk, &mut b, 0).unwrap();
     assert_eq!(b[0], 0);
     assert_alive(&srv);
 }
@@ -391,7 +392,7 @@ fn pipelined_requests_all_get_their_reply_and_disc_drains() {
     assert!(c.is_closed(), "DISC closes after the replies");
     for i in [0u64, 57, 199] {
         let mut b = [0u8; 4096];
-        vdisk_nbd::Export::read_at(&*disk, &mut b, i * 4096).unwrap();
+        BlockDevice::read_at(&*disk, &mut b, i * 4096).unwrap();
         assert!(b.iter().all(|&x| x == i as u8));
     }
     assert!(disk.flush_count() >= 1);

@@ -8,15 +8,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vdisk_blockdev::BlockDevice;
 
 use common::{RawClient, Reply, TestServer};
+use vdisk_blockdev::Extent;
 use vdisk_nbd::proto::{cmd, cmd_flags};
 use vdisk_nbd::request::encode_request;
-use vdisk_nbd::{Export, Extent, MemExport, StaticExports};
+use vdisk_nbd::{Export, MemDevice, StaticExports};
 
-/// A MemExport with delays, failure injection and a log of what happened.
+/// A MemDevice with delays, failure injection and a log of what happened.
 struct Probe {
-    inner: MemExport,
+    inner: MemDevice,
     write_delay: Box<dyn Fn(u64) -> Duration + Send + Sync>,
     read_delay: Duration,
     completed_writes: AtomicU64,
@@ -30,7 +32,7 @@ struct Probe {
 impl Probe {
     fn new() -> Probe {
         Probe {
-            inner: MemExport::new(64 << 20),
+            inner: MemDevice::new(64 << 20),
             write_delay: Box::new(|_| Duration::ZERO),
             read_delay: Duration::ZERO,
             completed_writes: AtomicU64::new(0),
@@ -42,12 +44,27 @@ impl Probe {
     }
 }
 
-impl Export for Probe {
+impl Probe {
+    fn write(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        if let Some(tx) = self.started.lock().unwrap().as_ref() {
+            let _ = tx.send(());
+        }
+        std::thread::sleep((self.write_delay)(offset));
+        if offset >= 60 << 20 {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.inner.write_at(buf, offset)?;
+        if fua {
+            self.fua_writes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.completed_writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl BlockDevice for Probe {
     fn size(&self) -> u64 {
         self.inner.size()
-    }
-    fn read_only(&self) -> bool {
-        false
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         std::thread::sleep(self.read_delay);
@@ -56,34 +73,28 @@ impl Export for Probe {
         }
         self.inner.read_at(buf, offset)
     }
-    fn write_at(&self, buf: &[u8], offset: u64, fua: bool) -> io::Result<()> {
-        if let Some(tx) = self.started.lock().unwrap().as_ref() {
-            let _ = tx.send(());
-        }
-        std::thread::sleep((self.write_delay)(offset));
-        if offset >= 60 << 20 {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        self.inner.write_at(buf, offset, fua)?;
-        if fua {
-            self.fua_writes.fetch_add(1, Ordering::SeqCst);
-        }
-        self.completed_writes.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write(buf, offset, false)
     }
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, fua: bool) -> io::Result<()> {
-        self.inner.write_zeroes(offset, len, may_trim, fua)
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.write_zeroes(offset, len)
     }
-    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.trim(offset, len)
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.discard(offset, len)
     }
     fn flush(&self) -> io::Result<()> {
         let done = self.completed_writes.load(Ordering::SeqCst);
         self.flushes.lock().unwrap().push(done);
         Ok(())
     }
-    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
-        self.inner.block_status(offset, len)
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.inner.extents(offset, len)
+    }
+}
+
+impl Export for Probe {
+    fn write_at_fua(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write(buf, offset, true)
     }
 }
 

@@ -4,9 +4,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use vdisk_blockdev::BlockDevice;
 
 use common::{run, try_run, TestServer};
-use vdisk_nbd::{Export, ExportProvider, FileExport, MemExport, StaticExports};
+use vdisk_nbd::{Export, ExportProvider, MemDevice, StaticExports};
 
 const MIB: u64 = 1 << 20;
 
@@ -18,7 +19,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn qemu_img_info_reports_the_size() {
-    let disk = Arc::new(MemExport::new(128 * MIB));
+    let disk = Arc::new(MemDevice::new(128 * MIB));
     let srv = TestServer::start(Arc::new(StaticExports::with_default(disk)));
     let out = run("qemu-img", &["info", "--output=json", &srv.url("")]);
     assert!(out.contains("\"virtual-size\": 134217728"), "{out}");
@@ -26,7 +27,7 @@ fn qemu_img_info_reports_the_size() {
 
 #[test]
 fn qemu_io_write_flush_read_back() {
-    let disk = Arc::new(MemExport::new(128 * MIB));
+    let disk = Arc::new(MemDevice::new(128 * MIB));
     let srv = TestServer::start(Arc::new(StaticExports::with_default(disk.clone())));
     let url = srv.url("");
     run(
@@ -49,7 +50,7 @@ fn qemu_io_write_flush_read_back() {
 
 #[test]
 fn qemu_img_map_shows_holes_and_data() {
-    let disk = Arc::new(MemExport::new(64 * MIB));
+    let disk = Arc::new(MemDevice::new(64 * MIB));
     disk.fill(&pattern(MIB as usize, 1), 8 * MIB).unwrap();
     let srv = TestServer::start(Arc::new(StaticExports::with_default(disk)));
     let out = run(
@@ -85,7 +86,7 @@ fn qemu_img_compare_matches_a_raw_file() {
         c
     };
     std::fs::write(&raw, &content).unwrap();
-    let disk = Arc::new(MemExport::new(16 * MIB));
+    let disk = Arc::new(MemDevice::new(16 * MIB));
     disk.fill(&content[MIB as usize..3 * MIB as usize], MIB)
         .unwrap();
     let srv = TestServer::start(Arc::new(StaticExports::with_default(disk.clone())));
@@ -124,10 +125,10 @@ fn qemu_img_compare_matches_a_raw_file() {
 #[test]
 fn qemu_img_convert_to_qcow2_and_back() {
     let dir = tempfile::tempdir().unwrap();
-    let src = Arc::new(MemExport::new(32 * MIB));
+    let src = Arc::new(MemDevice::new(32 * MIB));
     src.fill(&pattern(3 * MIB as usize, 3), 5 * MIB).unwrap();
     src.fill(&pattern(4096, 9), 20 * MIB).unwrap();
-    let dst = Arc::new(MemExport::new(32 * MIB));
+    let dst = Arc::new(MemDevice::new(32 * MIB));
     let provider = StaticExports::default()
         .add("src", src.clone())
         .add("dst", dst.clone());
@@ -205,9 +206,9 @@ fn qemu_img_convert_to_qcow2_and_back() {
 
 #[test]
 fn read_only_export_refuses_writes() {
-    let disk = Arc::new(MemExport::new(8 * MIB));
+    let disk = Arc::new(MemDevice::new(8 * MIB));
     disk.fill(&[0x11; 4096], 0).unwrap();
-    let snap = Arc::new(MemExport::new(8 * MIB).read_only(true));
+    let snap = Arc::new(MemDevice::new(8 * MIB).read_only(true));
     snap.fill(&[0x22; 4096], 0).unwrap();
     let provider = StaticExports::with_default(disk).add("s1", snap.clone());
     let srv = TestServer::start(Arc::new(provider));
@@ -227,7 +228,7 @@ fn read_only_export_refuses_writes() {
 
 #[test]
 fn concurrent_clients_write_their_own_regions() {
-    let disk = Arc::new(MemExport::new(64 * MIB));
+    let disk = Arc::new(MemDevice::new(64 * MIB));
     let srv = TestServer::start(Arc::new(StaticExports::with_default(disk.clone())));
     let url = srv.url("");
     let children: Vec<_> = (0..6u64)
@@ -252,7 +253,7 @@ fn concurrent_clients_write_their_own_regions() {
 
 #[test]
 fn qemu_io_zeroes_and_discard_become_holes() {
-    let disk = Arc::new(MemExport::new(16 * MIB));
+    let disk = Arc::new(MemDevice::new(16 * MIB));
     disk.fill(&pattern(8 * MIB as usize, 5), 0).unwrap();
     let srv = TestServer::start(Arc::new(StaticExports::with_default(disk.clone())));
     let url = srv.url("");
@@ -284,8 +285,8 @@ fn qemu_io_zeroes_and_discard_become_holes() {
 
 #[test]
 fn qemu_nbd_lists_exports_with_meta_context() {
-    let disk = Arc::new(MemExport::new(4 * MIB).with_description("active head"));
-    let snap = Arc::new(MemExport::new(4 * MIB).read_only(true));
+    let disk = Arc::new(MemDevice::new(4 * MIB).with_description("active head"));
+    let snap = Arc::new(MemDevice::new(4 * MIB).read_only(true));
     let provider = StaticExports::with_default(disk.clone())
         .add("head", disk)
         .add("snap-1", snap);
@@ -323,12 +324,12 @@ impl ExportProvider for Dynamic {
 #[test]
 fn exports_added_while_serving_are_seen_by_new_clients() {
     let provider = Arc::new(Dynamic::default());
-    let head: Arc<dyn Export> = Arc::new(MemExport::new(2 * MIB));
+    let head: Arc<dyn Export> = Arc::new(MemDevice::new(2 * MIB));
     provider.exports.lock().unwrap().insert("head".into(), head);
     let srv = TestServer::start(provider.clone());
     let (ok, _) = try_run("qemu-img", &["info", &srv.url("later")]);
     assert!(!ok, "export does not exist yet");
-    let later = Arc::new(MemExport::new(3 * MIB).read_only(true));
+    let later = Arc::new(MemDevice::new(3 * MIB).read_only(true));
     provider
         .exports
         .lock()
@@ -340,7 +341,7 @@ fn exports_added_while_serving_are_seen_by_new_clients() {
 
 #[test]
 fn shutdown_flushes_unflushed_writes() {
-    let disk = Arc::new(MemExport::new(4 * MIB));
+    let disk = Arc::new(MemDevice::new(4 * MIB));
     let srv = TestServer::start(Arc::new(StaticExports::with_default(disk.clone())));
     run(
         "qemu-io",
@@ -358,7 +359,7 @@ fn shutdown_flushes_unflushed_writes() {
 fn unix_socket_transport() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nbd.sock");
-    let disk = Arc::new(MemExport::new(4 * MIB));
+    let disk = Arc::new(MemDevice::new(4 * MIB));
     let server = vdisk_nbd::Server::bind_unix(&sock).unwrap();
     let shutdown = vdisk_nbd::ShutdownSignal::new();
     let sd = shutdown.clone();
@@ -380,7 +381,7 @@ fn file_export_serves_holes_and_data() {
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(32 * MIB).unwrap();
     drop(f);
-    let disk = Arc::new(FileExport::open(&path, false).unwrap());
+    let disk = Arc::new(vdisk_live::RawFile::open(&path, false).unwrap());
     let srv = TestServer::start(Arc::new(StaticExports::with_default(disk)));
     run(
         "qemu-io",

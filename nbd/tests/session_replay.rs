@@ -3,21 +3,27 @@
 
 use std::io::{self, Cursor, Read, Write};
 use std::sync::Arc;
+use vdisk_blockdev::BlockDevice;
 
-use vdisk_nbd::handshake::{negotiate, HandshakeConfig, HandshakeError, HandshakeOutcome};
+use vdisk_nbd::handshake::{
+    negotiate, HandshakeConfig, HandshakeError, HandshakeOutcome, HandshakeStream,
+};
 use vdisk_nbd::option::{
     encode_info_request, encode_meta_context_request, InfoRequest, MetaContextRequest,
 };
 use vdisk_nbd::proto::{cmd, info, opt, rep, IHAVEOPT, OPTION_REPLY_MAGIC};
 use vdisk_nbd::request::encode_request;
 use vdisk_nbd::transmission::{serve_requests, EndReason, TransmissionConfig};
-use vdisk_nbd::{Export, MemExport, ShutdownSignal, StaticExports};
+use vdisk_nbd::{MemDevice, ShutdownSignal, StaticExports};
 
 /// Client bytes in, server bytes recorded.
 struct Duplex {
     input: Cursor<Vec<u8>>,
     output: Vec<u8>,
 }
+
+/// NOTLS: the in-memory client never gets TLS.
+impl HandshakeStream for Duplex {}
 
 impl Read for Duplex {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -59,8 +65,8 @@ fn option_replies(bytes: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
     out
 }
 
-fn provider() -> (StaticExports, Arc<MemExport>) {
-    let disk = Arc::new(MemExport::new(1 << 20).with_description("the head"));
+fn provider() -> (StaticExports, Arc<MemDevice>) {
+    let disk = Arc::new(MemDevice::new(1 << 20).with_description("the head"));
     (
         StaticExports::with_default(disk.clone()).add("head", disk.clone()),
         disk,

@@ -60,6 +60,37 @@ pub enum CertificateStatus {
     },
 }
 
+impl CertificateStatus {
+    /// One line for people: `none`, `signature valid (subject …)`, `NOT verified: …`.
+    pub fn summary(&self) -> String {
+        match self {
+            CertificateStatus::Absent => "none".into(),
+            CertificateStatus::SignatureValid {
+                subject,
+                self_signed,
+                expired,
+                ..
+            } => {
+                let mut notes = vec!["chain to a trusted root not checked"];
+                if *self_signed {
+                    notes.push("self-signed");
+                }
+                if *expired {
+                    notes.push("EXPIRED");
+                }
+                format!(
+                    "signature valid, signed by {subject} ({})",
+                    notes.join(", ")
+                )
+            }
+            CertificateStatus::Unverified { reason, subject } => match subject {
+                Some(s) => format!("NOT verified ({s}): {reason}"),
+                None => format!("NOT verified: {reason}"),
+            },
+        }
+    }
+}
+
 fn cerr(file: &str, detail: impl Into<String>) -> OvfError {
     OvfError::Certificate {
         file: file.to_owned(),

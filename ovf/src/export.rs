@@ -1,4 +1,4 @@
-//! Export: a VM config and its disks (any [`BlockSource`]) → an OVA or an unpacked folder.
+//! Export: a VM config and its disks (any [`BlockDevice`]) → an OVA or an unpacked folder.
 //!
 //! # Streaming without a temporary copy
 //!
@@ -24,8 +24,9 @@ use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use vdisk_blockdev::{BlockDevice, ExtentKind};
 use vdisk_vmconfig::VmConfig;
-use vdisk_vmdk::{write_stream_optimized, Allocation, BlockSource, WriteOptions};
+use vdisk_vmdk::{write_stream_optimized, WriteOptions};
 
 use crate::error::{OvfError, Result};
 use crate::generate::{generate, DiskFacts, OvfVersion};
@@ -38,7 +39,7 @@ pub struct ExportDisk<'a> {
     /// Human name of the disk (bundle name), for progress and errors.
     pub name: String,
     /// Its content.
-    pub source: &'a dyn BlockSource,
+    pub source: &'a dyn BlockDevice,
     /// Virtual capacity in bytes; must equal `source.size()`.
     pub capacity: u64,
 }
@@ -109,11 +110,11 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-fn populated(src: &dyn BlockSource) -> Option<u64> {
+fn populated(src: &dyn BlockDevice) -> Option<u64> {
     let ext = src.extents(0, src.size()).ok()?;
     Some(
         ext.iter()
-            .filter(|e| e.kind == Allocation::Data)
+            .filter(|e| e.kind == ExtentKind::Data)
             .map(|e| e.length)
             .sum(),
     )

@@ -9,15 +9,16 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use vdisk_blockdev::{BlockDevice, Extent, ExtentKind};
 use vdisk_vmconfig::VmConfig;
-use vdisk_vmdk::{Allocation, BlockSource, Extent, RawSource, ReadAt, VmdkImage};
+use vdisk_vmdk::{RawSource, ReadAt, VmdkImage};
 
 use crate::cert::CertificateStatus;
 use crate::error::{OvfError, Result};
 use crate::mapping::{map_system, select_system, DiskOrigin, MappedVm};
 use crate::model::{Envelope, FileRef};
 use crate::package::Package;
-use crate::parse::{parse_descriptor, ParsedDescriptor};
+use crate::parse::{parse_descriptor_lenient, ParsedDescriptor};
 use crate::verify::{verify, Mode, Verification, MAX_CHUNKS};
 
 /// Options of [`import_verify_with`].
@@ -27,6 +28,9 @@ pub struct ImportOptions {
     pub system: Option<String>,
     /// Refuse packages without a manifest (default: accept them with a warning).
     pub require_manifest: bool,
+    /// Import even when the descriptor holds required sections this reader does not
+    /// understand (DSP0243 lets a consumer refuse them); each ignored one is a warning.
+    pub force: bool,
 }
 
 /// One disk to create for the imported VM.
@@ -40,7 +44,7 @@ pub struct ImportDisk {
     pub capacity: u64,
     /// The disk's content: a VMDK read in place inside the package, a raw image, or zeros for
     /// a blank disk.
-    pub source: Arc<dyn BlockSource>,
+    pub source: Arc<dyn BlockDevice>,
 }
 
 impl std::fmt::Debug for ImportDisk {
@@ -124,7 +128,27 @@ pub fn import_verify_ova(
 
 fn verify_package(package: Package, opts: &ImportOptions) -> Result<VerifiedPackage> {
     let label = format!("{}: {}", package.display, package.descriptor_name);
-    let parsed = parse_descriptor(&package.descriptor, &label)?;
+    let mut parsed = parse_descriptor_lenient(&package.descriptor, &label)?;
+    if let Some(u) = parsed.unsupported_required.first() {
+        if !opts.force {
+            return Err(OvfError::RequiredSection {
+                file: label,
+                section: u.section.clone(),
+                location: u.location.clone(),
+            });
+        }
+        let ignored: Vec<String> = parsed
+            .unsupported_required
+            .iter()
+            .map(|u| {
+                format!(
+                    "{label}: forced: ignored required section {} in {}; whatever it asks of the VM is not done",
+                    u.section, u.location
+                )
+            })
+            .collect();
+        parsed.warnings.extend(ignored);
+    }
     let env = &parsed.envelope;
     let verification = verify(&package, env, Mode::Import)?;
     if opts.require_manifest && verification.manifest.is_none() {
@@ -137,7 +161,7 @@ fn verify_package(package: Package, opts: &ImportOptions) -> Result<VerifiedPack
     let mapped = map_system(env, vs, &package.display)?;
     let mut disks = Vec::new();
     for d in &mapped.disks {
-        let source: Arc<dyn BlockSource> = match &d.origin {
+        let source: Arc<dyn BlockDevice> = match &d.origin {
             DiskOrigin::Blank => Arc::new(BlankDisk { size: d.capacity }),
             DiskOrigin::File { file_id } => {
                 let f = env.file(file_id).ok_or_else(|| OvfError::Unmappable {
@@ -175,7 +199,7 @@ fn open_disk(
     f: &FileRef,
     format: Option<&str>,
     capacity: u64,
-) -> Result<Arc<dyn BlockSource>> {
+) -> Result<Arc<dyn BlockDevice>> {
     if let Some(c) = &f.compression {
         return Err(OvfError::Unsupported {
             file: pkg.display.clone(),
@@ -198,7 +222,7 @@ fn open_disk(
         Some(_) => Arc::new(Chunks::open(pkg, f)?),
     };
     let fmt = format.unwrap_or("").to_ascii_lowercase();
-    let source: Arc<dyn BlockSource> = if fmt.is_empty() || fmt.contains("vmdk") {
+    let source: Arc<dyn BlockDevice> = if fmt.is_empty() || fmt.contains("vmdk") {
         let image = VmdkImage::open_single(reader, &f.href).map_err(|e| OvfError::Vmdk {
             file: pkg.display.clone(),
             member: f.href.clone(),
@@ -300,7 +324,7 @@ pub struct BlankDisk {
     pub size: u64,
 }
 
-impl BlockSource for BlankDisk {
+impl BlockDevice for BlankDisk {
     fn size(&self) -> u64 {
         self.size
     }
@@ -316,11 +340,7 @@ impl BlockSource for BlankDisk {
     fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {
         let end = offset.saturating_add(length).min(self.size);
         Ok(if end > offset {
-            vec![Extent {
-                offset,
-                length: end - offset,
-                kind: Allocation::Unallocated,
-            }]
+            vec![Extent::new(offset, end - offset, ExtentKind::Unallocated)]
         } else {
             Vec::new()
         })

@@ -14,9 +14,9 @@ use vdisk_vmdk::ReadAt;
 use crate::cert::CertificateStatus;
 use crate::error::Result;
 use crate::mapping::{map_system, MappedDisk};
-use crate::model::{Dialect, Envelope};
+use crate::model::{Dialect, Envelope, UnsupportedSection};
 use crate::package::{Package, PackageKind};
-use crate::parse::parse_descriptor;
+use crate::parse::parse_descriptor_lenient;
 use crate::verify::{verify, FileStatus, ManifestReport, Mode};
 
 /// Options of [`inspect_with`].
@@ -67,6 +67,12 @@ pub struct InspectReport {
     pub manifest: Option<ManifestReport>,
     /// The certificate check.
     pub certificate: CertificateStatus,
+    /// Required sections this reader does not understand: `import` refuses the package
+    /// because of them unless `--force`.
+    pub unsupported_sections: Vec<UnsupportedSection>,
+    /// Content problems found (missing files, size or digest mismatches, manifest gaps):
+    /// each is also in `warnings`; `import` refuses a package with any.
+    pub problems: Vec<String>,
     /// Each VirtualSystem (depth first).
     pub systems: Vec<SystemReport>,
     /// The full descriptor model.
@@ -99,7 +105,7 @@ fn report(package: Package, opts: &InspectOptions) -> Result<InspectReport> {
         PackageKind::Ova => format!("{}: {}", package.display, package.descriptor_name),
         PackageKind::Folder => package.display.clone(),
     };
-    let parsed = parse_descriptor(&package.descriptor, &label)?;
+    let parsed = parse_descriptor_lenient(&package.descriptor, &label)?;
     let env = parsed.envelope;
     let v = verify(
         &package,
@@ -110,6 +116,7 @@ fn report(package: Package, opts: &InspectOptions) -> Result<InspectReport> {
     )?;
     let mut warnings = parsed.warnings;
     warnings.extend(v.warnings);
+    let problems = v.problems;
     let mut systems = Vec::new();
     for vs in env.content.systems() {
         let os = vs.sections.operating_system.as_ref().and_then(|o| {
@@ -149,6 +156,8 @@ fn report(package: Package, opts: &InspectOptions) -> Result<InspectReport> {
         files: v.files,
         manifest: v.manifest,
         certificate: v.certificate,
+        unsupported_sections: parsed.unsupported_required,
+        problems,
         systems,
         envelope: env,
         warnings,

@@ -15,6 +15,7 @@ pub mod model;
 pub mod ns;
 pub mod units;
 
+mod destination;
 mod encoding;
 mod export;
 mod import;
@@ -22,7 +23,10 @@ mod inspect;
 mod parse;
 
 pub use error::{OvfError, Result};
-pub use parse::{parse_descriptor, ParsedDescriptor, MAX_DESCRIPTOR_BYTES};
+pub use parse::{
+    parse_descriptor, parse_descriptor_lenient, ParsedDescriptor, MAX_ATTRIBUTES_PER_ELEMENT,
+    MAX_DESCRIPTOR_BYTES, MAX_NAMESPACE_DECLARATIONS,
+};
 
 pub mod cert;
 pub mod generate;
@@ -35,6 +39,7 @@ mod verify;
 mod xmlwrite;
 
 pub use cert::CertificateStatus;
+pub use destination::{check_destination, ImportDestination};
 pub use export::{export, ExportDisk, ExportOptions, ExportProgress, ExportReport, ExportedFile};
 pub use generate::OvfVersion;
 pub use import::{

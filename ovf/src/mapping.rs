@@ -3,7 +3,9 @@
 //!
 //! Deployment options: items with `ovf:configuration` apply only to the chosen configuration
 //! (the one marked `ovf:default`, else the first); a later item with the same InstanceID
-//! overrides an earlier one, as DSP0243 §9.8 describes. `ovf:bound` min/max items are ignored.
+//! and an `ovf:configuration` overrides an earlier one, as DSP0243 §9.8 describes. Two items
+//! sharing an InstanceID without `ovf:configuration` (VirtualBox numbers all its Ethernet
+//! ports alike) are both kept. `ovf:bound` min/max items are ignored.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -108,9 +110,10 @@ fn effective_items<'a>(items: &'a [HardwareItem], conf: Option<&str>) -> Vec<&'a
         if matches!(it.bound.as_deref(), Some("min") | Some("max")) {
             continue;
         }
-        match out.iter_mut().find(|o| o.instance_id == it.instance_id) {
-            Some(slot) => *slot = it,
-            None => out.push(it),
+        let same = out.iter_mut().find(|o| o.instance_id == it.instance_id);
+        match same {
+            Some(slot) if !it.configurations.is_empty() => *slot = it,
+            _ => out.push(it),
         }
     }
     out

@@ -425,3 +425,14 @@ impl Envelope {
             .unwrap_or_default()
     }
 }
+
+/// A section marked (or defaulting to) `ovf:required="true"` that this reader does not
+/// understand. DSP0243 lets a consumer refuse to deploy such a package; `inspect` lists them
+/// and `import` refuses them unless forced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnsupportedSection {
+    /// Its qualified name (`{namespace}local`) or xsi:type.
+    pub section: String,
+    /// Where it is (`Envelope`, `VirtualSystem "web"`, `VirtualHardwareSection`, ...).
+    pub location: String,
+}

@@ -31,3 +31,11 @@ pub const VMW: &str = "http://www.vmware.com/schema/ovf";
 pub const VBOX: &str = "http://www.virtualbox.org/ovf/machine";
 /// This project's extensions (`vdisk:BootOrder`).
 pub const VDISK: &str = "urn:x-vdisk:ovf:1";
+
+/// Whether `uri` is one of the CIM settings-data namespaces (RASD, VSSD, EPASD, SASD). Also
+/// accepts the spelling with the schema file's `.xsd` suffix, which VirtualBox writes for
+/// EPASD and SASD in its OVF 2.0 exports.
+pub fn is_cim_settings(uri: &str) -> bool {
+    let uri = uri.strip_suffix(".xsd").unwrap_or(uri);
+    [RASD, VSSD, EPASD, SASD].contains(&uri)
+}

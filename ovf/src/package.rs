@@ -100,7 +100,7 @@ impl Package {
                 )),
             };
         }
-        let file = File::open(path).map_err(|e| OvfError::io(&display, "open", e))?;
+        let file = vdisk_vmdk::open_regular(path).map_err(|e| OvfError::io(&display, "open", e))?;
         let is_ova = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("ova"))
@@ -145,7 +145,7 @@ impl Package {
 
     fn open_descriptor(path: &Path) -> Result<Package> {
         let display = path.display().to_string();
-        let file = File::open(path).map_err(|e| OvfError::io(&display, "open", e))?;
+        let file = vdisk_vmdk::open_regular(path).map_err(|e| OvfError::io(&display, "open", e))?;
         let size = file
             .metadata()
             .map_err(|e| OvfError::io(&display, "stat", e))?
@@ -220,8 +220,10 @@ impl Package {
                 format!("{name} is not a regular file"),
             ));
         }
-        let file =
-            File::open(&path).map_err(|e| OvfError::io(path.display().to_string(), "open", e))?;
+        // Opened without blocking and checked again: the file may have been swapped for a
+        // FIFO since the stat above.
+        let file = vdisk_vmdk::open_regular(&path)
+            .map_err(|e| OvfError::io(path.display().to_string(), "open", e))?;
         Ok(Some(Member {
             size: meta.len(),
             reader: Arc::new(file),

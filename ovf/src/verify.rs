@@ -81,11 +81,14 @@ pub(crate) struct Verification {
     pub manifest: Option<ManifestReport>,
     pub certificate: CertificateStatus,
     pub warnings: Vec<String>,
+    /// Content problems inspect reported as warnings (import would refuse each).
+    pub problems: Vec<String>,
 }
 
 struct Checker {
     mode: Mode,
     warnings: Vec<String>,
+    problems: Vec<String>,
 }
 
 impl Checker {
@@ -95,6 +98,7 @@ impl Checker {
             Mode::Import => Err(err),
             Mode::Inspect { .. } => {
                 self.warnings.push(err.to_string());
+                self.problems.push(err.to_string());
                 Ok(())
             }
         }
@@ -152,6 +156,7 @@ pub(crate) fn verify(pkg: &Package, env: &Envelope, mode: Mode) -> Result<Verifi
     let mut ck = Checker {
         mode,
         warnings: Vec::new(),
+        problems: Vec::new(),
     };
     let file = pkg.display.clone();
 
@@ -396,5 +401,6 @@ pub(crate) fn verify(pkg: &Package, env: &Envelope, mode: Mode) -> Result<Verifi
         manifest,
         certificate,
         warnings: ck.warnings,
+        problems: ck.problems,
     })
 }

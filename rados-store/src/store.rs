@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use vdisk_engine::store::{generation_mismatch, peek_generation, Object, Store, StoreLock};
+use vdisk_engine::format::manifest::peek_generation;
+use vdisk_engine::store::{generation_mismatch, Object, Store, StoreLock};
 
 /// Options of a RADOS store beyond the cluster connection.
 #[derive(Debug, Clone)]
@@ -444,6 +445,17 @@ impl Store for RadosStore {
         // A replace between the stat and the read shows as a length mismatch: read again.
         b.truncate(got);
         Ok(Some(b))
+    }
+
+    fn manifest_generation(&self) -> io::Result<Option<u64>> {
+        let inner = &self.inner;
+        let mut h = [0u8; vdisk_engine::format::manifest::HEADER_LEN];
+        match inner.pool.read(&inner.head, &mut h, 0) {
+            Ok(n) if n == h.len() => Ok(peek_generation(&h)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn write_manifest(&self, bytes: &[u8]) -> io::Result<()> {

@@ -337,3 +337,144 @@ fn unix_socket_and_limits() {
     let e = vdisk_err(&["serve", d.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
     assert!(e.contains("locked"), "{e}");
 }
+
+/// Starts `vdisk serve ARGS` under umask 000 and returns the socket's mode once it exists.
+fn socket_mode_under_open_umask(
+    disk: &std::path::Path,
+    sock: &std::path::Path,
+    extra: &str,
+) -> u32 {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000; exec '{}' serve '{}' --read-only --socket '{}' {extra}",
+            vdisk_tests::vdisk_bin().display(),
+            disk.display(),
+            sock.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = peers::wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::symlink_metadata(sock).is_ok_and(|m| m.file_type().is_socket())
+    });
+    let mode = std::fs::metadata(sock).map(|m| m.permissions().mode() & 0o777);
+    peers::signal(child.id(), 15);
+    let _ = child.wait();
+    assert!(up, "serve made no socket");
+    mode.unwrap()
+}
+
+#[test]
+fn the_nbd_socket_is_the_owners_whatever_the_umask() {
+    let t = tmp();
+    let d = bundle(t.path(), "d.vdisk", "8M");
+    let sock = t.path().join("n.sock");
+    assert_eq!(socket_mode_under_open_umask(&d, &sock, ""), 0o600);
+    assert_eq!(
+        socket_mode_under_open_umask(&d, &sock, "--socket-mode 660"),
+        0o660
+    );
+    let e = vdisk_err(&[
+        "serve",
+        d.to_str().unwrap(),
+        "--socket",
+        sock.to_str().unwrap(),
+        "--socket-mode",
+        "999",
+    ]);
+    assert!(e.contains("octal"), "{e}");
+    // A file in the way is never replaced.
+    std::fs::write(&sock, b"keep").unwrap();
+    vdisk_err(&[
+        "serve",
+        d.to_str().unwrap(),
+        "--read-only",
+        "--socket",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&sock).unwrap(), b"keep");
+}
+
+#[test]
+fn a_non_loopback_listener_needs_tls_or_insecure() {
+    let t = tmp();
+    let d = bundle(t.path(), "d.vdisk", "8M");
+    let ds = d.to_str().unwrap();
+    for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"] {
+        let e = vdisk_err(&["serve", ds, "--read-only", "--listen", addr]);
+        assert!(e.contains("--insecure") && e.contains("TLS"), "{addr}: {e}");
+    }
+    // With --insecure the check passes (this TEST-NET address then fails to bind: no
+    // listener is opened to the network by the test).
+    let e = vdisk_err(&[
+        "serve",
+        ds,
+        "--read-only",
+        "--listen",
+        "192.0.2.1:0",
+        "--insecure",
+    ]);
+    assert!(!e.contains("--insecure"), "{e}");
+    assert!(e.contains("cannot listen"), "{e}");
+    // TLS without client authentication does not count.
+    let e = vdisk_err(&[
+        "serve",
+        ds,
+        "--read-only",
+        "--listen",
+        "192.0.2.1:0",
+        "--tls-creds",
+        t.path().to_str().unwrap(),
+        "--tls-no-client-cert",
+    ]);
+    assert!(e.contains("server-cert.pem"), "{e}");
+}
+
+#[test]
+fn serve_with_a_psk_takes_qemu_with_the_key_and_refuses_others() {
+    if !require("serve_with_a_psk", false, false, QEMU) {
+        return;
+    }
+    let t = tmp();
+    let d = bundle(t.path(), "d.vdisk", "8M");
+    let keys = t.path().join("psk");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(
+        keys.join("keys.psk"),
+        "alice:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let srv = Served::start(&d, &["--tls-psk", keys.to_str().unwrap()]);
+    assert!(srv.url.starts_with("nbds://"), "{}", srv.url);
+    let port = srv
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let obj = format!(
+        "tls-creds-psk,id=tls0,endpoint=client,dir={},username=alice",
+        keys.display()
+    );
+    let opts = format!("driver=nbd,host=127.0.0.1,port={port},tls-creds=tls0");
+    let io = |cmd: &str| {
+        Command::new("qemu-io")
+            .args(["--object", &obj, "--image-opts", &opts, "-c", cmd])
+            .output()
+            .unwrap()
+    };
+    let o = io("write -P 0x3e 64k 64k");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = io("read -P 0x3e 64k 64k");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && !out.contains("failed"), "{out}");
+    let (ok, out) = qemu_io(&format!("nbd://127.0.0.1:{port}"), &["read 0 4k"]);
+    assert!(!ok, "a client without TLS got in: {out}");
+    drop(srv);
+    assert_eq!(read_range(&d, None, 65536, 65536), vec![0x3e; 65536]);
+}

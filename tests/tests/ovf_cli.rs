@@ -425,3 +425,158 @@ fn shared_corpus_inspect_json() {
         assert!(!dest.exists());
     }
 }
+
+#[test]
+fn a_failed_import_removes_every_folder_it_made_and_a_complete_one_appears_at_once() {
+    let t = tmp();
+    let (b, bytes) = bundle(t.path(), "d.vdisk", "16M", 21);
+    let ova = t.path().join("d.ova");
+    vdisk_ok(&["ovf", "export", s(&b), s(&ova)]);
+    let root = t.path().join("out");
+    fs::create_dir(&root).unwrap();
+    // The package verifies; creating its bundle then fails (an invalid cluster size).
+    let dest = root.join("a/b/c");
+    vdisk_err(&["ovf", "import", s(&ova), s(&dest), "--cluster-size", "3K"]);
+    let left: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "a failed import left {left:?}");
+    // A folder that existed before stays, with what it holds.
+    fs::create_dir_all(root.join("a")).unwrap();
+    fs::write(root.join("a/keep"), b"mine").unwrap();
+    vdisk_err(&["ovf", "import", s(&ova), s(&dest), "--cluster-size", "3K"]);
+    assert_eq!(fs::read(root.join("a/keep")).unwrap(), b"mine");
+    assert_eq!(fs::read_dir(root.join("a")).unwrap().count(), 1);
+    // A successful import leaves exactly the destination.
+    vdisk_ok(&["ovf", "import", s(&ova), s(&dest)]);
+    assert!(dest.join("vm.json").is_file());
+    assert_eq!(fs::read_dir(root.join("a/b")).unwrap().count(), 1);
+    let bundles: Vec<_> = fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "vdisk"))
+        .collect();
+    assert_eq!(bundles.len(), 1);
+    assert_eq!(read_bundle(&bundles[0]), bytes);
+}
+
+#[test]
+fn a_fifo_as_the_descriptor_is_refused_without_hanging() {
+    let t = tmp();
+    let f = t.path().join("x.ovf");
+    assert!(Command::new("mkfifo").arg(&f).status().unwrap().success());
+    let out = Command::new("timeout")
+        .args(["20", s(&vdisk_tests::vdisk_bin()), "ovf", "inspect", s(&f)])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(124), "inspect of a FIFO hangs");
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("x.ovf") && e.contains("FIFO"), "{e}");
+    // The same as a folder's only descriptor.
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            s(&vdisk_tests::vdisk_bin()),
+            "ovf",
+            "inspect",
+            s(t.path()),
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "inspect of a folder with a FIFO hangs"
+    );
+    assert!(!out.status.success());
+}
+
+#[test]
+fn inspect_verify_exits_2_on_a_digest_mismatch_or_a_missing_file() {
+    let t = tmp();
+    let (b, _) = bundle(t.path(), "d.vdisk", "16M", 31);
+    let ova = t.path().join("app.ova");
+    vdisk_ok(&["ovf", "export", s(&b), s(&ova)]);
+    let text = vdisk_ok(&["ovf", "inspect", "--verify", s(&ova)]);
+    assert!(text.contains("all verified"), "{text}");
+    assert!(!text.contains("certificate:     status"), "{text}");
+    assert!(text.contains("certificate:     none"), "{text}");
+    flip_in_member(&ova, ".vmdk");
+    let o = Command::new(vdisk_tests::vdisk_bin())
+        .args(["ovf", "inspect", "--verify", s(&ova)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a digest mismatch passed --verify"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("verification failed") && err.contains("digest"),
+        "{err}"
+    );
+    // Without --verify, a description (exit 0) that still names the problem.
+    vdisk_ok(&["ovf", "inspect", s(&ova)]);
+    let o = Command::new(vdisk_tests::vdisk_bin())
+        .args(["ovf", "inspect", "--verify", "--json", s(&ova)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let j = json(&String::from_utf8_lossy(&o.stdout));
+    assert!(!j["problems"].as_array().unwrap().is_empty(), "{j}");
+    // Folder form with its disk missing.
+    let folder = t.path().join("f.ovf");
+    vdisk_ok(&["ovf", "export", s(&b), s(&folder)]);
+    let disk = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "vmdk"))
+        .expect("the folder form's disk");
+    fs::remove_file(&disk).unwrap();
+    let o = Command::new(vdisk_tests::vdisk_bin())
+        .args(["ovf", "inspect", "--verify", s(&folder)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "a missing file passed --verify");
+}
+
+#[test]
+fn import_force_ignores_what_it_says_it_ignores() {
+    let t = tmp();
+    let dir = t.path().join("pkg");
+    fs::create_dir_all(&dir).unwrap();
+    let fixture = vdisk_tests::workspace_root().join("ovf/tests/fixtures/xen-extensions.ovf");
+    fs::copy(&fixture, dir.join("xen.ovf")).unwrap();
+    fs::write(dir.join("disk.img"), rnd(3, 1 << 20)).unwrap();
+    let text = vdisk_ok(&["ovf", "inspect", s(&dir.join("xen.ovf"))]);
+    assert!(text.contains("import would refuse"), "{text}");
+    assert!(
+        text.contains("VirtualSystemOtherConfigurationData"),
+        "{text}"
+    );
+    let dest = t.path().join("vm");
+    let e = vdisk_err(&["ovf", "import", s(&dir.join("xen.ovf")), s(&dest)]);
+    assert!(
+        e.contains("--force") && e.contains("ApplianceSection"),
+        "{e}"
+    );
+    assert!(!dest.exists());
+    let o = Command::new(vdisk_tests::vdisk_bin())
+        .args([
+            "ovf",
+            "import",
+            "--force",
+            s(&dir.join("xen.ovf")),
+            s(&dest),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("ignored required section").count(), 2, "{err}");
+    let b = dest.join("disk.vdisk");
+    assert_eq!(read_bundle(&b), rnd(3, 1 << 20));
+}

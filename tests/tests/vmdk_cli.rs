@@ -636,3 +636,26 @@ fn bad_input_is_refused_without_panic() {
     ]);
     assert_eq!(fs::read(d.join("z-flat.vmdk")).unwrap(), b"keep");
 }
+
+#[test]
+fn convert_refuses_an_extent_through_a_symlinked_folder_unless_allowed() {
+    let t = tmp();
+    let vm = t.path().join("vm");
+    let secret = t.path().join("secret");
+    fs::create_dir_all(&vm).unwrap();
+    fs::create_dir_all(&secret).unwrap();
+    fs::write(secret.join("data.bin"), rnd(5, 1 << 20)).unwrap();
+    std::os::unix::fs::symlink(&secret, vm.join("sub")).unwrap();
+    let d = vm.join("d.vmdk");
+    fs::write(
+        &d,
+        "version=1\nCID=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"sub/data.bin\" 0\n",
+    )
+    .unwrap();
+    let out = t.path().join("o.raw");
+    let e = vdisk_err(&["convert", s(&d), s(&out)]);
+    assert!(e.contains("outside the descriptor's folder"), "{e}");
+    assert!(!out.exists(), "a refused convert left its output");
+    vdisk_ok(&["convert", "--allow-dir", s(&secret), s(&d), s(&out)]);
+    assert_eq!(fs::read(&out).unwrap(), rnd(5, 1 << 20));
+}

@@ -140,6 +140,11 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// True when the text held no descriptor line at all (only blanks, comments, NULs).
+    pub fn is_empty(&self) -> bool {
+        *self == Descriptor::default()
+    }
+
     /// Parses descriptor text. `file` names the file in errors. Text stops at the first NUL
     /// (embedded descriptors are NUL-padded); invalid UTF-8 is replaced, not refused.
     pub fn parse(bytes: &[u8], file: &str) -> Result<Self> {

@@ -6,11 +6,12 @@ use crate::descriptor::{
 };
 use crate::error::{Result, VmdkError};
 use crate::extent::{DiskExtent, ExtentData, FlatExtent};
-use crate::source::{Allocation, ReadAt};
+use crate::files::{FileSet, Opened};
+use crate::source::ReadAt;
 use crate::sparse::{SparseExtent, SparseHeader, SECTOR};
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use vdisk_blockdev::ExtentKind;
 
 /// One VMDK file (one layer of a chain).
 pub struct Disk {
@@ -56,18 +57,20 @@ pub fn resolve_inside(dir: &Path, rel: &str, file: &str, field: &str) -> Result<
 }
 
 impl Disk {
-    /// Opens a descriptor file or a monolithic sparse file, with all its extents.
-    pub fn open_path(path: &Path) -> Result<Disk> {
+    /// Opens a descriptor file or a monolithic sparse file (already opened as `opened`),
+    /// with all its extents, through the open's file set.
+    pub fn open_path(path: &Path, opened: &Opened, files: &mut FileSet) -> Result<Disk> {
         let name = path.display().to_string();
-        let file = File::open(path).map_err(|e| VmdkError::io(&name, "open", e))?;
-        let len = ReadAt::len(&file).map_err(|e| VmdkError::io(&name, "get file length", e))?;
+        let file = &*opened.file;
+        let len = ReadAt::len(file).map_err(|e| VmdkError::io(&name, "get file length", e))?;
         let mut magic = [0u8; 4];
         if len >= 4 {
-            ReadAt::read_at(&file, &mut magic, 0)
+            ReadAt::read_at(file, &mut magic, 0)
                 .map_err(|e| VmdkError::io(&name, "read magic", e))?;
         }
         if SparseHeader::has_magic(&magic) {
-            let mut d = Disk::open_single(Arc::new(file), &name)?;
+            let sparse = files.sparse(opened, &name)?;
+            let mut d = Disk::from_sparse(sparse, &name)?;
             d.path = Some(path.to_path_buf());
             return Ok(d);
         }
@@ -75,7 +78,7 @@ impl Disk {
             return Err(VmdkError::unsupported(&name, "COWD (vmfsSparse) extent"));
         }
         let mut head = vec![0u8; len.min(512) as usize];
-        ReadAt::read_at(&file, &mut head, 0).map_err(|e| VmdkError::io(&name, "read", e))?;
+        ReadAt::read_at(file, &mut head, 0).map_err(|e| VmdkError::io(&name, "read", e))?;
         let binary = |b: &u8| *b < 0x09 || (0x0e..0x20).contains(b) || *b == 0x0b || *b == 0x0c;
         if let Some(&b) = head.iter().find(|b| **b == b'\n' || binary(b)) {
             if b != b'\n' {
@@ -96,7 +99,7 @@ impl Disk {
             ));
         }
         let mut text = vec![0u8; len as usize];
-        ReadAt::read_at(&file, &mut text, 0)
+        ReadAt::read_at(file, &mut text, 0)
             .map_err(|e| VmdkError::io(&name, "read descriptor", e))?;
         let descriptor = Descriptor::parse(&text, &name)?;
         if descriptor.create_type.is_none() {
@@ -119,7 +122,7 @@ impl Disk {
         for (i, line) in descriptor.extents.iter().enumerate() {
             let field = format!("extent {}", i + 1);
             let size = line.sectors * SECTOR;
-            let data = open_extent_data(dir, &name, &field, line)?;
+            let data = open_extent_data(dir, &name, &field, line, files)?;
             if let ExtentData::Sparse(s) = &data {
                 if s.capacity_bytes() < size {
                     return Err(VmdkError::invalid(
@@ -161,11 +164,31 @@ impl Disk {
     /// Extent lines of the embedded descriptor are informative only: the file itself is
     /// the one extent (its name in the descriptor may differ or be empty).
     pub fn open_single(source: Arc<dyn ReadAt>, name: &str) -> Result<Disk> {
-        let sparse = SparseExtent::open(source, name)?;
+        Disk::from_sparse(Arc::new(SparseExtent::open(source, name)?), name)
+    }
+
+    /// A disk made of one sparse file that carries its own descriptor. A file without one,
+    /// or with one holding no descriptor line, is refused as qemu refuses it: it is an
+    /// extent of a split disk (or damaged), not a disk, and its size would be a guess.
+    fn from_sparse(sparse: Arc<SparseExtent>, name: &str) -> Result<Disk> {
         let descriptor = match &sparse.embedded_descriptor {
-            Some(bytes) => Some(Descriptor::parse(bytes, name)?),
-            None => None,
+            Some(bytes) => Descriptor::parse(bytes, name)?,
+            None => {
+                return Err(VmdkError::invalid(
+                    name,
+                    "embedded descriptor",
+                    "none (descriptorSize is 0): an extent of a split disk is opened through its descriptor",
+                ))
+            }
         };
+        if descriptor.is_empty() {
+            return Err(VmdkError::invalid(
+                name,
+                "embedded descriptor",
+                "empty: no descriptor line in it",
+            ));
+        }
+        let descriptor = Some(descriptor);
         let size = sparse.capacity_bytes();
         let first = descriptor.as_ref().and_then(|d| d.extents.first());
         let access = first.map_or(Access::ReadWrite, |e| e.access);
@@ -180,7 +203,7 @@ impl Disk {
                 kind: ExtentType::Sparse,
                 access,
                 file,
-                data: ExtentData::Sparse(Box::new(sparse)),
+                data: ExtentData::Sparse(sparse),
             }],
             size,
         })
@@ -198,9 +221,9 @@ impl Disk {
 
     /// Kind at virtual `offset` and the length sharing it (≤ `max_len`); past the end of
     /// this file everything is unallocated.
-    pub fn probe(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
+    pub fn probe(&self, offset: u64, max_len: u64) -> Result<(ExtentKind, u64)> {
         match self.extent_at(offset) {
-            None => Ok((Allocation::Unallocated, max_len)),
+            None => Ok((ExtentKind::Unallocated, max_len)),
             Some(e) => {
                 let (k, n) = e.probe(offset - e.start, max_len)?;
                 Ok((k, n.min(max_len)))
@@ -230,6 +253,7 @@ fn open_extent_data(
     desc_name: &str,
     field: &str,
     line: &crate::descriptor::ExtentLine,
+    files: &mut FileSet,
 ) -> Result<ExtentData> {
     if line.kind == ExtentType::Zero {
         return Ok(ExtentData::Zero);
@@ -244,30 +268,31 @@ fn open_extent_data(
     }
     let path = resolve_inside(dir, rel, desc_name, field)?;
     let ename = path.display().to_string();
-    let file = File::open(&path).map_err(|e| VmdkError::Missing {
-        file: desc_name.to_string(),
-        role: "extent",
-        target: path.clone(),
-        source: e,
-    })?;
     if line.access == Access::NoAccess {
         return Err(VmdkError::unsupported(
             desc_name,
             format!("{field}: NOACCESS extent"),
         ));
     }
-    let file: Arc<dyn ReadAt> = Arc::new(file);
+    if !matches!(
+        line.kind,
+        ExtentType::Flat | ExtentType::Vmfs | ExtentType::Sparse
+    ) {
+        return Err(VmdkError::unsupported(
+            desc_name,
+            format!("{field}: {} extent", line.kind.as_str()),
+        ));
+    }
+    let opened = files.open_named(&path, desc_name, "extent", field)?;
     let size = line.sectors * SECTOR;
     match line.kind {
         ExtentType::Flat | ExtentType::Vmfs => Ok(ExtentData::Flat(FlatExtent::open(
-            file,
+            opened.file.clone(),
             &ename,
             line.offset_sectors * SECTOR,
             size,
         )?)),
-        ExtentType::Sparse => Ok(ExtentData::Sparse(Box::new(SparseExtent::open(
-            file, &ename,
-        )?))),
+        ExtentType::Sparse => Ok(ExtentData::Sparse(files.sparse(&opened, &ename)?)),
         other => Err(VmdkError::unsupported(
             desc_name,
             format!("{field}: {} extent", other.as_str()),

@@ -115,7 +115,7 @@ impl VmdkError {
         }
     }
 
-    /// Converts into an `io::Error` (for the `BlockSource` trait), keeping this error as
+    /// Converts into an `io::Error` (for the `BlockDevice` trait), keeping this error as
     /// the inner error so its message and cause chain survive.
     pub fn into_io(self) -> io::Error {
         let kind = match &self {

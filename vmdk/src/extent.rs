@@ -2,9 +2,10 @@
 
 use crate::descriptor::{Access, ExtentType};
 use crate::error::{Result, VmdkError};
-use crate::source::{Allocation, ReadAt};
+use crate::source::ReadAt;
 use crate::sparse::SparseExtent;
 use std::sync::Arc;
+use vdisk_blockdev::ExtentKind;
 
 /// A raw byte range of a file.
 pub struct FlatExtent {
@@ -20,7 +21,7 @@ pub enum ExtentData {
     /// Reads as zeros (ZERO).
     Zero,
     /// Hosted sparse (SPARSE, streamOptimized).
-    Sparse(Box<SparseExtent>),
+    Sparse(Arc<SparseExtent>),
 }
 
 /// One extent of a disk, placed in the disk's virtual address space.
@@ -64,11 +65,11 @@ impl FlatExtent {
 impl DiskExtent {
     /// Classifies extent-relative `[offset, offset + max_len)`: kind at `offset` and the
     /// length sharing it.
-    pub fn probe(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
+    pub fn probe(&self, offset: u64, max_len: u64) -> Result<(ExtentKind, u64)> {
         let max_len = max_len.min(self.size.saturating_sub(offset)).max(1);
         match &self.data {
-            ExtentData::Flat(_) => Ok((Allocation::Data, max_len)),
-            ExtentData::Zero => Ok((Allocation::Zero, max_len)),
+            ExtentData::Flat(_) => Ok((ExtentKind::Data, max_len)),
+            ExtentData::Zero => Ok((ExtentKind::Zero, max_len)),
             ExtentData::Sparse(s) => s.probe(offset, max_len),
         }
     }

@@ -1,12 +1,14 @@
-//! [`VmdkImage`]: a VMDK file with its parent chain, as a [`BlockSource`].
+//! [`VmdkImage`]: a VMDK file with its parent chain, as a [`BlockDevice`].
 
 use crate::disk::{resolve_inside, Disk};
 use crate::error::{Result, VmdkError};
-use crate::source::{push_extent, Allocation, BlockSource, Extent, ReadAt};
+use crate::files::{FileSet, OpenOptions};
+use crate::source::ReadAt;
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use vdisk_blockdev::{push_kind, BlockDevice, Extent, ExtentKind};
 
 /// Longest parent chain followed (a loop or a runaway chain is refused past it).
 pub const MAX_CHAIN_DEPTH: usize = 1024;
@@ -39,15 +41,8 @@ impl ChainLayer {
         let mut pos = 0u64;
         while pos < disk.size {
             let (kind, n) = disk.probe(pos, disk.size - pos)?;
-            if kind != Allocation::Unallocated {
-                push_extent(
-                    &mut out,
-                    Extent {
-                        offset: pos,
-                        length: n,
-                        kind,
-                    },
-                );
+            if kind != ExtentKind::Unallocated {
+                push_kind(&mut out, Extent::new(pos, n, kind));
             }
             pos += n;
         }
@@ -56,43 +51,47 @@ impl ChainLayer {
 }
 
 impl VmdkImage {
-    /// Opens a descriptor or monolithic file and its parent chain. Extents and parents
-    /// are looked up in the file's folder (paths leaving it are refused; an absolute
-    /// parent hint is looked up by its file name in that folder). Each parent's CID must
-    /// match its child's `parentCID`.
+    /// Opens a descriptor or monolithic file and its parent chain with default
+    /// [`OpenOptions`]: extents and parents must lie in the file's folder.
     pub fn open(path: &Path) -> Result<VmdkImage> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// Opens a descriptor or monolithic file and its parent chain. Extents and parents
+    /// are looked up in the file's folder (relative paths leaving it are refused; an
+    /// absolute parent hint is looked up by its file name in that folder) and, once every
+    /// symlink is resolved, must lie in that folder or one of `opts.allowed_dirs`. Only
+    /// regular files are opened (a FIFO or a device is refused before any read), each
+    /// distinct file once however many lines name it. Each parent's CID must match its
+    /// child's `parentCID`.
+    pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<VmdkImage> {
+        let mut files = FileSet::new(opts);
         let mut disks: Vec<Arc<Disk>> = Vec::new();
         let mut seen = HashSet::new();
         let mut cur: PathBuf = path.to_path_buf();
         loop {
-            let canon = std::fs::canonicalize(&cur).unwrap_or_else(|_| cur.clone());
-            if let Some(child) = disks.last() {
-                if !seen.insert(canon) {
-                    return Err(VmdkError::invalid(
-                        &child.name,
-                        "parentFileNameHint",
-                        format!("{} is already in the chain (loop)", cur.display()),
-                    ));
+            let opened = match disks.last() {
+                None => files.open_top(&cur)?,
+                Some(child) => {
+                    if disks.len() >= MAX_CHAIN_DEPTH {
+                        return Err(VmdkError::invalid(
+                            &child.name,
+                            "parentFileNameHint",
+                            format!("chain deeper than {MAX_CHAIN_DEPTH} files"),
+                        ));
+                    }
+                    files.open_named(&cur, &child.name, "parent", "parentFileNameHint")?
                 }
-                if disks.len() >= MAX_CHAIN_DEPTH {
-                    return Err(VmdkError::invalid(
-                        &child.name,
-                        "parentFileNameHint",
-                        format!("chain deeper than {MAX_CHAIN_DEPTH} files"),
-                    ));
-                }
-                if !cur.exists() {
-                    return Err(VmdkError::Missing {
-                        file: child.name.clone(),
-                        role: "parent",
-                        target: cur,
-                        source: io::ErrorKind::NotFound.into(),
-                    });
-                }
-            } else {
-                seen.insert(canon);
+            };
+            if !seen.insert(opened.id) {
+                let child = disks.last().map_or("", |d| d.name.as_str());
+                return Err(VmdkError::invalid(
+                    child,
+                    "parentFileNameHint",
+                    format!("{} is already in the chain (loop)", cur.display()),
+                ));
             }
-            let disk = Disk::open_path(&cur)?;
+            let disk = Disk::open_path(&cur, &opened, &mut files)?;
             if let Some(child) = disks.last() {
                 let expected = child
                     .descriptor
@@ -178,17 +177,17 @@ impl VmdkImage {
 
     /// Finds who answers for `offset`: the index of the disk holding data (or `None`),
     /// the kind and the length (≤ `max_len`) over which this holds for the whole chain.
-    fn resolve(&self, offset: u64, mut max_len: u64) -> Result<(Option<usize>, Allocation, u64)> {
+    fn resolve(&self, offset: u64, mut max_len: u64) -> Result<(Option<usize>, ExtentKind, u64)> {
         for (i, d) in self.disks.iter().enumerate() {
             let (kind, n) = d.probe(offset, max_len)?;
             max_len = n;
             match kind {
-                Allocation::Data => return Ok((Some(i), kind, max_len)),
-                Allocation::Zero => return Ok((None, kind, max_len)),
-                Allocation::Unallocated => {}
+                ExtentKind::Data => return Ok((Some(i), kind, max_len)),
+                ExtentKind::Zero => return Ok((None, kind, max_len)),
+                ExtentKind::Unallocated => {}
             }
         }
-        Ok((None, Allocation::Unallocated, max_len))
+        Ok((None, ExtentKind::Unallocated, max_len))
     }
 
     fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -206,9 +205,13 @@ impl VmdkImage {
     }
 }
 
-impl BlockSource for VmdkImage {
+impl BlockDevice for VmdkImage {
     fn size(&self) -> u64 {
         self.disks[0].size
+    }
+
+    fn read_only(&self) -> bool {
+        true
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -235,14 +238,7 @@ impl BlockSource for VmdkImage {
         let end = offset + length;
         while pos < end {
             let (_, kind, n) = self.resolve(pos, end - pos)?;
-            push_extent(
-                &mut out,
-                Extent {
-                    offset: pos,
-                    length: n,
-                    kind,
-                },
-            );
+            push_kind(&mut out, Extent::new(pos, n, kind));
             pos += n;
         }
         Ok(out)

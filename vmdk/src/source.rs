@@ -1,10 +1,11 @@
-//! Byte access traits: [`ReadAt`] for the files a VMDK is made of, [`BlockSource`] for a
-//! virtual disk (what the writers consume and what [`crate::VmdkImage`] offers).
+//! [`ReadAt`]: positional reads from the files a VMDK is made of (and OVA members in place).
+//! A virtual disk is a [`vdisk_blockdev::BlockDevice`]: what the writers consume and what
+//! [`crate::VmdkImage`] offers.
 
-use serde::Serialize;
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
+use vdisk_blockdev::{clip, BlockDevice, Extent, ExtentKind};
 
 /// Positional reads from a file-like object, shareable between threads.
 ///
@@ -122,62 +123,7 @@ impl ReadAt for FileSlice {
     }
 }
 
-/// How a range of a virtual disk is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Allocation {
-    /// Stored data (may still happen to be zeros).
-    Data,
-    /// Known to read as zeros, nothing stored (zeroed-grain entries, ZERO extents).
-    Zero,
-    /// Not stored here: reads fall through to a parent, or as zeros at the bottom.
-    Unallocated,
-}
-
-/// A contiguous range of a virtual disk with one [`Allocation`] kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Extent {
-    /// Virtual byte offset.
-    pub offset: u64,
-    /// Length in bytes.
-    pub length: u64,
-    /// How it is stored.
-    pub kind: Allocation,
-}
-
-impl Extent {
-    /// End offset (exclusive).
-    pub fn end(&self) -> u64 {
-        self.offset.saturating_add(self.length)
-    }
-}
-
-/// A virtual disk the writers can consume: size, positional reads and an allocation map.
-pub trait BlockSource: Send + Sync {
-    /// Virtual size in bytes.
-    fn size(&self) -> u64;
-    /// Reads exactly `buf.len()` bytes at virtual `offset` (must lie inside `size()`).
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    /// The allocation map of `[offset, offset + length)`: ordered, contiguous extents that
-    /// cover the range exactly. Writers skip `Zero` and `Unallocated` ranges.
-    fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>>;
-}
-
-/// Appends `e` to `list`, merging it with the last extent when contiguous and of the same kind.
-pub(crate) fn push_extent(list: &mut Vec<Extent>, e: Extent) {
-    if e.length == 0 {
-        return;
-    }
-    if let Some(last) = list.last_mut() {
-        if last.kind == e.kind && last.end() == e.offset {
-            last.length += e.length;
-            return;
-        }
-    }
-    list.push(e);
-}
-
-/// A raw disk image (or any [`ReadAt`]) as a [`BlockSource`]: every byte is `Data`.
+/// A raw disk image (or any [`ReadAt`]) as a [`BlockDevice`]: every byte is `Data`.
 ///
 /// Writers still detect all-zero grains, so a sparse raw file converts sparsely.
 pub struct RawSource {
@@ -193,24 +139,21 @@ impl RawSource {
     }
 }
 
-impl BlockSource for RawSource {
+impl BlockDevice for RawSource {
     fn size(&self) -> u64 {
         self.size
+    }
+    fn read_only(&self) -> bool {
+        true
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.inner.read_at(buf, offset)
     }
     fn extents(&self, offset: u64, length: u64) -> io::Result<Vec<Extent>> {
-        let end = offset.saturating_add(length).min(self.size);
-        let mut v = Vec::new();
-        if end > offset {
-            v.push(Extent {
-                offset,
-                length: end - offset,
-                kind: Allocation::Data,
-            });
-        }
-        Ok(v)
+        Ok(match clip(offset, length, self.size) {
+            Some((start, end)) => vec![Extent::new(start, end - start, ExtentKind::Data)],
+            None => Vec::new(),
+        })
     }
 }
 
@@ -227,44 +170,5 @@ mod tests {
         assert_eq!(b, [25, 26, 27, 28, 29]);
         assert!(s.read_at(&mut b, 16).is_err());
         assert!(FileSlice::new(data, 90, 11).is_err());
-    }
-
-    #[test]
-    fn push_extent_merges() {
-        let mut v = Vec::new();
-        push_extent(
-            &mut v,
-            Extent {
-                offset: 0,
-                length: 4,
-                kind: Allocation::Data,
-            },
-        );
-        push_extent(
-            &mut v,
-            Extent {
-                offset: 4,
-                length: 4,
-                kind: Allocation::Data,
-            },
-        );
-        push_extent(
-            &mut v,
-            Extent {
-                offset: 8,
-                length: 4,
-                kind: Allocation::Zero,
-            },
-        );
-        push_extent(
-            &mut v,
-            Extent {
-                offset: 12,
-                length: 0,
-                kind: Allocation::Data,
-            },
-        );
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0].length, 8);
     }
 }

@@ -6,7 +6,7 @@ use common::{make_raw, tempdir};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vdisk_vmdk::{write_vmdk, BlockSource, RawSource, Subformat, VmdkImage, WriteOptions};
+use vdisk_vmdk::{write_vmdk, BlockDevice, RawSource, Subformat, VmdkImage, WriteOptions};
 
 /// Opens and reads the whole image; the error text if anything fails.
 fn try_read(path: &Path) -> Result<(), String> {

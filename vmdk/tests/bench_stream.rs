@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
-use vdisk_vmdk::{write_vmdk, BlockSource, RawSource, Subformat, VmdkImage, WriteOptions};
+use vdisk_vmdk::{write_vmdk, BlockDevice, RawSource, Subformat, VmdkImage, WriteOptions};
 
 #[test]
 #[ignore = "benchmark: ~1 minute, run explicitly"]

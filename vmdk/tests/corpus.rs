@@ -2,7 +2,7 @@
 //! expected sha256, or is refused with an error (never a panic).
 
 mod common;
-use vdisk_vmdk::{BlockSource, VmdkImage};
+use vdisk_vmdk::{BlockDevice, VmdkImage};
 
 #[test]
 fn corpus_rows() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use vdisk_vmdk::sparse::header::{
     SparseHeader, COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, GD_AT_END,
 };
-use vdisk_vmdk::{BlockSource, Descriptor, VmdkImage};
+use vdisk_vmdk::{BlockDevice, Descriptor, VmdkImage};
 
 fn exercise(img: &VmdkImage) {
     let _ = img.info();

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use vdisk_vmdk::{
-    write_stream_optimized, write_vmdk, Allocation, BlockSource, RawSource, ReadAt, VmdkImage,
+    write_stream_optimized, write_vmdk, BlockDevice, ExtentKind, RawSource, ReadAt, VmdkImage,
     WriteOptions,
 };
 
@@ -73,7 +73,7 @@ fn qemu_reads_what_we_write() {
                 .extents(0, img.size())
                 .unwrap()
                 .iter()
-                .filter(|e| e.kind == Allocation::Data)
+                .filter(|e| e.kind == ExtentKind::Data)
                 .map(|e| e.length)
                 .sum();
             // The last grain is partial: the map stops at the virtual size.
@@ -222,7 +222,7 @@ fn qemu_multi_extent_two_gb_layouts() {
                 .extents(0, img.size())
                 .unwrap()
                 .iter()
-                .filter(|e| e.kind == Allocation::Data)
+                .filter(|e| e.kind == ExtentKind::Data)
                 .map(|e| e.length)
                 .sum();
             assert_eq!(data, 3 * 65536, "{sub}");
@@ -301,7 +301,7 @@ fn qemu_snapshot_chain_layers() {
             "layer {name} differs from qemu's view"
         );
     }
-    let kinds = |i: usize| -> Vec<(u64, u64, Allocation)> {
+    let kinds = |i: usize| -> Vec<(u64, u64, ExtentKind)> {
         layers[i]
             .allocation()
             .unwrap()
@@ -312,32 +312,32 @@ fn qemu_snapshot_chain_layers() {
     assert_eq!(
         kinds(0),
         vec![
-            (0, 128 << 10, Allocation::Data),
-            (1 << 20, 64 << 10, Allocation::Data)
+            (0, 128 << 10, ExtentKind::Data),
+            (1 << 20, 64 << 10, ExtentKind::Data)
         ]
     );
     assert_eq!(
         kinds(1),
         vec![
-            (64 << 10, 64 << 10, Allocation::Data),
-            (1 << 20, 64 << 10, Allocation::Zero)
+            (64 << 10, 64 << 10, ExtentKind::Data),
+            (1 << 20, 64 << 10, ExtentKind::Zero)
         ]
     );
-    assert_eq!(kinds(2), vec![(3 << 20, 64 << 10, Allocation::Data)]);
+    assert_eq!(kinds(2), vec![(3 << 20, 64 << 10, ExtentKind::Data)]);
     // Merged map of the whole chain.
     let merged: Vec<_> = img
         .extents(0, img.size())
         .unwrap()
         .into_iter()
-        .filter(|e| e.kind != Allocation::Unallocated)
+        .filter(|e| e.kind != ExtentKind::Unallocated)
         .map(|e| (e.offset, e.length, e.kind))
         .collect();
     assert_eq!(
         merged,
         vec![
-            (0, 128 << 10, Allocation::Data),
-            (1 << 20, 64 << 10, Allocation::Zero),
-            (3 << 20, 64 << 10, Allocation::Data)
+            (0, 128 << 10, ExtentKind::Data),
+            (1 << 20, 64 << 10, ExtentKind::Zero),
+            (3 << 20, 64 << 10, ExtentKind::Data)
         ]
     );
 

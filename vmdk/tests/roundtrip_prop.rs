@@ -5,7 +5,7 @@ use common::{pseudo_random, MemSource};
 use proptest::prelude::*;
 use std::sync::Arc;
 use vdisk_vmdk::{
-    write_stream_optimized, write_vmdk, Allocation, BlockSource, Extent, Subformat, VmdkImage,
+    write_stream_optimized, write_vmdk, BlockDevice, Extent, ExtentKind, Subformat, VmdkImage,
     WriteOptions, GRAIN_BYTES,
 };
 
@@ -31,21 +31,17 @@ fn build(size_sectors: u64, writes: &[(u64, u64, u64, bool)], partial_tail: u64)
     let mut map: Vec<Extent> = Vec::new();
     for (i, &w) in written.iter().enumerate() {
         let kind = if w {
-            Allocation::Data
+            ExtentKind::Data
         } else if (i / 300) % 2 == 0 {
-            Allocation::Unallocated
+            ExtentKind::Unallocated
         } else {
-            Allocation::Zero
+            ExtentKind::Zero
         };
         let off = i as u64 * 512;
         let len = 512.min(size - off);
         match map.last_mut() {
             Some(l) if l.kind == kind => l.length += len,
-            _ => map.push(Extent {
-                offset: off,
-                length: len,
-                kind,
-            }),
+            _ => map.push(Extent::new(off, len, kind)),
         }
     }
     MemSource { data, map }
@@ -61,7 +57,7 @@ fn data_bytes(img: &VmdkImage) -> u64 {
     img.extents(0, img.size())
         .unwrap()
         .iter()
-        .filter(|e| e.kind == Allocation::Data)
+        .filter(|e| e.kind == ExtentKind::Data)
         .map(|e| e.length)
         .sum()
 }

@@ -2,17 +2,16 @@
 //! VMDK in every direction, sparse-aware (holes, unallocated and zero ranges are never
 //! copied). A VMDK delta chain imported into a bundle becomes one snapshot per VMDK file.
 
-use crate::blockio::{RawSource, Source, VdiskSource};
 use crate::size::parse_size;
-use crate::transfer::{default_threads, nonzero_runs, par_copy, split, CHUNK};
-use crate::vmdk_io::{looks_like_vmdk, SourceBlocks, ViewBlocks, VmdkSource};
 use anyhow::{bail, Context, Result};
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use vdisk_blockdev::BlockDevice;
 use vdisk_engine::{CreateOptions, Target, View};
-use vdisk_vmdk::{write_vmdk, BlockSource, Subformat, VmdkImage, WriteOptions};
+use vdisk_live::copy::{copy, data_bytes, CopyOptions};
+use vdisk_live::import::{chain_data_bytes, import_chain, ChainLayer};
+use vdisk_live::RawFile;
+use vdisk_vmdk::{looks_like_vmdk, write_vmdk, Subformat, VmdkImage, WriteOptions};
 
 /// Image formats `convert` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +45,10 @@ pub struct Args {
     /// Cluster size of a vdisk output.
     #[arg(long, value_parser = parse_size, default_value = "64K")]
     pub cluster_size: u64,
+    /// A VMDK source may read extents and parents from this folder too (repeatable). By
+    /// default only files inside the VMDK's own folder are read, symlinks resolved.
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    pub allow_dirs: Vec<PathBuf>,
     /// Source image (a VMDK's parents are found through its parentFileNameHint).
     pub src: PathBuf,
     /// Destination image (must not exist).
@@ -82,13 +85,13 @@ fn has_ext(path: &Path, ext: &str) -> bool {
 
 /// An opened source.
 enum Input {
-    Raw(RawSource),
-    Vdisk(Box<VdiskSource>),
-    Vmdk(Box<VmdkSource>),
+    Raw(RawFile),
+    Vdisk(Box<View>),
+    Vmdk(Box<VmdkImage>),
 }
 
 impl Input {
-    fn source(&self) -> &dyn Source {
+    fn device(&self) -> &dyn BlockDevice {
         match self {
             Input::Raw(s) => s,
             Input::Vdisk(s) => s.as_ref(),
@@ -102,21 +105,30 @@ fn open_input(a: &Args, fmt: Format) -> Result<Input> {
         bail!("--snapshot needs a vdisk source");
     }
     Ok(match fmt {
-        Format::Raw => Input::Raw(RawSource::open(&a.src)?),
+        Format::Raw => Input::Raw(
+            RawFile::open(&a.src, true)
+                .with_context(|| format!("cannot open {}", a.src.display()))?,
+        ),
         Format::Vdisk => {
             let store = crate::open::store(&a.src)?;
             let target = match &a.snapshot {
                 Some(s) => Target::Snapshot(s.clone()),
                 None => Target::Head,
             };
-            Input::Vdisk(Box::new(VdiskSource(
+            Input::Vdisk(Box::new(
                 View::open(store.as_ref(), target)
                     .with_context(|| format!("cannot open {}", a.src.display()))?,
-            )))
+            ))
         }
-        Format::Vmdk => Input::Vmdk(Box::new(VmdkSource(
-            VmdkImage::open(&a.src).context("cannot open the VMDK source")?,
-        ))),
+        Format::Vmdk => {
+            let opts = vdisk_vmdk::OpenOptions {
+                allowed_dirs: a.allow_dirs.clone(),
+                ..Default::default()
+            };
+            Input::Vmdk(Box::new(
+                VmdkImage::open_with(&a.src, &opts).context("cannot open the VMDK source")?,
+            ))
+        }
     })
 }
 
@@ -149,7 +161,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let input = open_input(&a, sf)?;
     let result = match df {
-        Format::Raw => to_raw(input.source(), &a.dst),
+        Format::Raw => to_raw(input.device(), &a.dst),
         Format::Vdisk => to_vdisk(&input, &a.dst, a.cluster_size),
         Format::Vmdk => to_vmdk(&input, &a.dst, wopts),
     };
@@ -178,95 +190,85 @@ fn flat_path(dst: &Path) -> PathBuf {
     dst.with_file_name(format!("{stem}-flat.vmdk"))
 }
 
-fn data_total(src: &dyn Source) -> Result<(Vec<(u64, u64)>, u64)> {
-    let ranges = src.data_ranges()?;
-    let total = ranges.iter().map(|r| r.1).sum();
-    Ok((ranges, total))
-}
-
-/// Copies `src` into a new sparse raw file: only non-zero chunks of its data ranges are
-/// written.
-fn to_raw(src: &dyn Source, dst: &Path) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)
+/// Copies `src` into a new sparse raw file: only non-zero blocks of its data are written.
+fn to_raw(src: &dyn BlockDevice, dst: &Path) -> Result<()> {
+    let f = RawFile::create(dst, src.size())
         .with_context(|| format!("cannot create {}", dst.display()))?;
-    f.set_len(src.size())?;
-    let (ranges, total) = data_total(src)?;
-    let pb = crate::progress::bytes(total, "converting");
-    par_copy(
-        &split(&ranges, CHUNK),
-        default_threads(),
-        &|b, off| src.read_at(b, off),
-        |b, off| {
-            nonzero_runs(b, off, |b, off| {
-                f.write_all_at(b, off)
-                    .with_context(|| format!("writing {} at {off}", dst.display()))
-            })
-        },
-        |n| pb.inc(n),
-    )?;
-    f.sync_all()?;
+    let pb = crate::progress::bytes(data_bytes(src)?, "converting");
+    let progress = |n| pb.inc(n);
+    let opts = CopyOptions {
+        progress: Some(&progress),
+        ..CopyOptions::default()
+    };
+    copy(src, &f, &opts).with_context(|| format!("converting into {}", dst.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", dst.display()))?;
     pb.finish_and_clear();
     Ok(())
 }
 
 /// Copies `input` into a new bundle; a VMDK chain becomes one snapshot per file.
 fn to_vdisk(input: &Input, dst: &Path, cluster_size: u64) -> Result<()> {
-    let src = input.source();
+    let src = input.device();
     let opts = CreateOptions {
         virtual_size: src.size(),
         cluster_size,
         subcluster_size: None,
     };
     let disk = super::create::create(dst, &opts)?;
-    if let Input::Vmdk(v) = input {
-        let pb = crate::progress::bytes(crate::vmdk_import::data_bytes(&v.0)?, "importing");
-        let r = crate::vmdk_import::import(&v.0, &disk, &pb)?;
-        disk.flush()?;
-        disk.close()?;
-        pb.finish_and_clear();
-        if !r.snapshots.is_empty() {
-            eprintln!(
-                "imported a chain of {} VMDK files as snapshots: {}",
-                r.snapshots.len(),
-                r.snapshots.join(", ")
-            );
+    let mut snapshots = Vec::new();
+    match input {
+        Input::Vmdk(v) if v.depth() > 1 => {
+            let chain = v.chain_layers();
+            let layers = chain
+                .iter()
+                .map(|l| {
+                    Ok(ChainLayer {
+                        file: l.file.clone(),
+                        content: &l.content,
+                        own: l
+                            .allocation()
+                            .with_context(|| format!("reading the allocation of {}", l.file))?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let pb = crate::progress::bytes(chain_data_bytes(&layers), "importing");
+            let progress = |n| pb.inc(n);
+            let opts = CopyOptions {
+                progress: Some(&progress),
+                ..CopyOptions::default()
+            };
+            snapshots = import_chain(&layers, &disk, &opts)?.snapshots;
+            pb.finish_and_clear();
         }
-        return Ok(());
+        _ => {
+            let pb = crate::progress::bytes(data_bytes(src)?, "converting");
+            let progress = |n| pb.inc(n);
+            let opts = CopyOptions {
+                progress: Some(&progress),
+                ..CopyOptions::default()
+            };
+            copy(src, &disk, &opts)
+                .with_context(|| format!("converting into {}", dst.display()))?;
+            pb.finish_and_clear();
+        }
     }
-    let (ranges, total) = data_total(src)?;
-    let pb = crate::progress::bytes(total, "converting");
-    par_copy(
-        &split(&ranges, CHUNK),
-        default_threads(),
-        &|b, off| src.read_at(b, off),
-        |b, off| nonzero_runs(b, off, |b, off| Ok(disk.write_at(b, off)?)),
-        |n| pb.inc(n),
-    )?;
     disk.flush()?;
     disk.close()?;
-    pb.finish_and_clear();
+    if !snapshots.is_empty() {
+        eprintln!(
+            "imported a chain of {} VMDK files as snapshots: {}",
+            snapshots.len(),
+            snapshots.join(", ")
+        );
+    }
     Ok(())
 }
 
 /// Writes `input` as a VMDK with the vmdk crate's writers (streamOptimized compresses on
 /// every core).
 fn to_vmdk(input: &Input, dst: &Path, opts: WriteOptions) -> Result<()> {
-    let raw_blocks;
-    let view_blocks;
-    let blocks: &dyn BlockSource = match input {
-        Input::Raw(r) => {
-            raw_blocks = SourceBlocks::new(r)?;
-            &raw_blocks
-        }
-        Input::Vdisk(v) => {
-            view_blocks = ViewBlocks(&v.0);
-            &view_blocks
-        }
-        Input::Vmdk(v) => &v.0,
-    };
+    let blocks = input.device();
     let pb = crate::progress::bytes(blocks.size(), "exporting");
     let progress = |done: u64, _total: u64| pb.set_position(done);
     // Rebinding shortens the options' lifetime to this function's (they are covariant).

@@ -2,16 +2,16 @@
 //! keeping chains short and files small.
 
 use super::print_json;
-use crate::control::client::WriterAccess;
+use crate::open::on_writer;
 use crate::size::human;
-use anyhow::{bail, Context, Result};
-use serde_json::json;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk_engine::compact::{CompactOptions, CompactReport};
 use vdisk_engine::format::manifest::Policy;
 use vdisk_engine::merge::MergeReport;
-use vdisk_engine::{Disk, Id};
+use vdisk_engine::Id;
+use vdisk_live::control::Request;
 
 #[derive(clap::Args)]
 pub struct MergeArgs {
@@ -117,42 +117,16 @@ fn print_merge(r: &MergeReport, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Carry out `op` here when the bundle is free, or through the control socket of the writer
-/// holding it (`vdisk mount --read-write`, `vdisk serve`), returning the report either way.
-fn run_op<T: serde::Serialize + serde::de::DeserializeOwned>(
-    path: &std::path::Path,
-    op: &str,
-    args: serde_json::Value,
-    what: &str,
-    local: impl FnOnce(&Disk) -> vdisk_engine::Result<T>,
-) -> Result<T> {
-    match WriterAccess::open(path)? {
-        WriterAccess::Local(d) => {
-            let r = local(&d).with_context(|| what.to_string())?;
-            d.close()?;
-            Ok(r)
-        }
-        WriterAccess::Remote(r) => {
-            let args = match args {
-                serde_json::Value::Object(m) => m,
-                _ => serde_json::Map::new(),
-            };
-            let mut resp = r.call(op, args).with_context(|| what.to_string())?;
-            let report = resp.remove("report").unwrap_or(serde_json::Value::Null);
-            serde_json::from_value(report)
-                .with_context(|| format!("{what}: unexpected answer from the writer"))
-        }
-    }
-}
-
 pub fn merge(a: MergeArgs) -> Result<ExitCode> {
     let report = match (&a.snapshot, &a.range) {
         (Some(s), None) => {
             let names = vec![s.clone()];
-            run_op(
+            on_writer(
                 &a.disk,
-                "merge",
-                json!({ "names": names }),
+                Request::Merge {
+                    names: Some(names.clone()),
+                    name: None,
+                },
                 &format!("cannot merge {s:?}"),
                 |d| d.merge_snapshots(&names),
             )?
@@ -161,14 +135,13 @@ pub fn merge(a: MergeArgs) -> Result<ExitCode> {
             let Some((older, newer)) = range.split_once("..") else {
                 bail!("--range takes OLDER..NEWER (snapshot names)");
             };
-            let args = json!({ "older": older, "newer": newer });
-            run_op(
-                &a.disk,
-                "merge_range",
-                args,
-                &format!("cannot merge {range}"),
-                |d| d.merge_range(older, newer),
-            )?
+            let req = Request::MergeRange {
+                older: older.to_string(),
+                newer: newer.to_string(),
+            };
+            on_writer(&a.disk, req, &format!("cannot merge {range}"), |d| {
+                d.merge_range(older, newer)
+            })?
         }
         _ => bail!("name a snapshot, or --range OLDER..NEWER"),
     };
@@ -177,9 +150,7 @@ pub fn merge(a: MergeArgs) -> Result<ExitCode> {
 }
 
 pub fn commit(a: CommitArgs) -> Result<ExitCode> {
-    let r = run_op(&a.disk, "commit", json!({}), "cannot commit", |d| {
-        d.commit()
-    })?;
+    let r = on_writer(&a.disk, Request::Commit {}, "cannot commit", |d| d.commit())?;
     print_merge(&r, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -222,10 +193,11 @@ pub fn compact(a: CompactArgs) -> Result<ExitCode> {
         layer,
         compress: a.compress,
     };
-    let args = json!({ "layer": a.layer, "compress": a.compress });
-    let r = run_op(&a.disk, "compact", args, "cannot compact", |d| {
-        d.compact(&opts)
-    })?;
+    let req = Request::Compact {
+        layer: a.layer.clone(),
+        compress: a.compress,
+    };
+    let r = on_writer(&a.disk, req, "cannot compact", |d| d.compact(&opts))?;
     print_compact(&r, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -251,16 +223,17 @@ pub fn policy(c: PolicyCommand) -> Result<ExitCode> {
                 hourly,
                 daily,
             };
-            let args = json!({ "policy": p.clone() });
-            run_op(&disk, "policy_set", args, "cannot set the policy", |d| {
+            let req = Request::PolicySet {
+                policy: Some(p.clone()),
+            };
+            on_writer(&disk, req, "cannot set the policy", |d| {
                 d.set_policy(Some(p))
             })?;
         }
         PolicyCommand::Clear { disk } => {
-            run_op(
+            on_writer(
                 &disk,
-                "policy_set",
-                json!({ "policy": null }),
+                Request::PolicySet { policy: None },
                 "cannot clear the policy",
                 |d| d.set_policy(None),
             )?;
@@ -288,14 +261,12 @@ pub fn policy(c: PolicyCommand) -> Result<ExitCode> {
 }
 
 pub fn maintain(a: MaintainArgs) -> Result<ExitCode> {
-    let args = json!({ "dry_run": a.dry_run });
-    let r = run_op(
-        &a.disk,
-        "maintain",
-        args,
-        "cannot apply the retention policy",
-        |d| d.maintain(a.dry_run),
-    )?;
+    let req = Request::Maintain {
+        dry_run: Some(a.dry_run),
+    };
+    let r = on_writer(&a.disk, req, "cannot apply the retention policy", |d| {
+        d.maintain(a.dry_run)
+    })?;
     if a.json {
         print_json(&r)?;
         return Ok(ExitCode::SUCCESS);

@@ -23,7 +23,7 @@ pub struct Args {
 struct Row {
     start: u64,
     length: u64,
-    kind: ExtentKind,
+    kind: &'static str,
     data: bool,
     zero: bool,
     present: bool,
@@ -39,7 +39,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .map(|e| Row {
             start: e.offset,
             length: e.length,
-            kind: e.kind,
+            kind: e.kind.as_str(),
             data: e.kind == ExtentKind::Data,
             zero: e.kind != ExtentKind::Data,
             present: e.kind != ExtentKind::Unallocated,
@@ -51,11 +51,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         println!("{:<20} {:<20} {:<12} DEPTH", "OFFSET", "LENGTH", "KIND");
         for r in &rows {
-            let kind = match r.kind {
-                ExtentKind::Data => "data",
-                ExtentKind::Zero => "zero",
-                ExtentKind::Unallocated => "unallocated",
-            };
+            let kind = r.kind;
             println!(
                 "{:<#20x} {:<#20x} {:<12} {}",
                 r.start,

@@ -13,9 +13,7 @@
 //! shows the head as of the last manifest change. With `--read-write` the mount is the
 //! bundle's writer and answers other `vdisk` commands on the control socket.
 
-use crate::adapters::fuse::FuseSource;
-use crate::adapters::{Bundle, Reader, Writer};
-use crate::control::server::ControlServer;
+use crate::open::Held;
 use anyhow::{Context, Result};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -61,26 +59,16 @@ pub struct UmountArgs {
 /// A live mount and what it must close when it ends.
 struct Mounted {
     handle: MountHandle,
-    control: Option<ControlServer>,
-    writer: Option<Arc<Writer>>,
+    held: Held,
 }
 
 impl Mounted {
     fn start(a: &Args) -> Result<Mounted> {
         let path = crate::open::resolve(&a.disk)?;
-        let (bundle, writer, control): (Arc<dyn Bundle>, _, _) = if a.read_write {
-            let disk = crate::open::disk(&path).map_err(|e| {
-                if crate::control::client::is_locked(&e) {
-                    e.context("another process writes this disk; mount it without --read-write")
-                } else {
-                    e
-                }
-            })?;
-            let w = Writer::new(disk, &path, "mount");
-            let c = ControlServer::start(&crate::control::socket_path(&path), Arc::clone(&w))?;
-            (Arc::clone(&w) as Arc<dyn Bundle>, Some(w), Some(c))
+        let held = if a.read_write {
+            crate::open::writer(&path, "mount", "mount it without --read-write")?
         } else {
-            (Reader::open(&path, a.snapshot.as_deref())?, None, None)
+            crate::open::reader(&path, a.snapshot.as_deref())?
         };
         let opts = MountOptions {
             read_write: a.read_write,
@@ -90,25 +78,15 @@ impl Mounted {
             fs_name: path.display().to_string(),
             ..MountOptions::default()
         };
-        let handle = vdisk_fuse::mount(Arc::new(FuseSource::new(bundle)), &a.mountpoint, opts)
+        let handle = vdisk_fuse::mount(Arc::clone(held.volume()), &a.mountpoint, opts)
             .with_context(|| format!("cannot mount {}", path.display()))?;
-        Ok(Mounted {
-            handle,
-            control,
-            writer,
-        })
+        Ok(Mounted { handle, held })
     }
 
     /// Serves until unmounted (umount, SIGINT/SIGTERM), then closes the disk.
     fn wait(self) -> Result<()> {
         let served = self.handle.wait();
-        if let Some(c) = self.control {
-            c.stop();
-        }
-        let closed = match self.writer {
-            Some(w) => w.close(),
-            None => Ok(()),
-        };
+        let closed = self.held.close();
         served.context("the mount ended with an error")?;
         closed.context("closing the disk")
     }

@@ -1,23 +1,23 @@
 //! `vdisk ovf export|import|inspect`: OVF/OVA packages through the ovf crate.
 //!
-//! Export streams each bundle (a [`ViewBlocks`]) as streamOptimized VMDK into the package.
+//! Export streams each bundle (a [`View`], a block device) as streamOptimized VMDK into the
+//! package.
 //! Import verifies the whole package first ([`vdisk_ovf::import_verify_with`]) and creates the
 //! destination only afterwards, so a refused package leaves nothing behind.
 
 use super::print_json;
 use crate::size::human;
-use crate::transfer::{default_threads, nonzero_runs, par_copy, split, CHUNK};
-use crate::vmdk_io::ViewBlocks;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use vdisk_blockdev::BlockDevice;
 use vdisk_engine::{CreateOptions, View};
+use vdisk_live::copy::{copy, data_bytes, CopyOptions};
 use vdisk_ovf::{
     export, import_verify_with, inspect_with, ExportDisk, ExportOptions, ExportProgress,
     ImportOptions, InspectOptions, InspectReport, OvfVersion, VerifiedPackage,
 };
 use vdisk_vmconfig::{VmConfig, CONFIG_FILE_NAME};
-use vdisk_vmdk::{Allocation, BlockSource};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -77,6 +77,10 @@ pub struct ImportArgs {
     /// Cluster size of the bundles created.
     #[arg(long, value_parser = crate::size::parse_size, default_value = "64K")]
     pub cluster_size: u64,
+    /// Import even when the descriptor holds required sections vdisk does not understand
+    /// (`ovf inspect` lists them); each one ignored is reported.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::Args)]
@@ -86,7 +90,8 @@ pub struct InspectArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// Also hash every file the manifest lists (reads the whole package).
+    /// Also hash every file the manifest lists (reads the whole package), and exit with
+    /// status 2 if any file is missing, has the wrong size or digest, or is not listed.
     #[arg(long)]
     pub verify: bool,
 }
@@ -145,13 +150,13 @@ fn run_export(a: ExportArgs) -> Result<ExitCode> {
         .iter()
         .map(|p| crate::open::view(p, a.snapshot.as_deref()))
         .collect::<Result<_>>()?;
-    let blocks: Vec<ViewBlocks> = views.iter().map(ViewBlocks).collect();
+    let blocks: Vec<&dyn BlockDevice> = views.iter().map(|v| v as &dyn BlockDevice).collect();
     let disks: Vec<ExportDisk> = blocks
         .iter()
         .zip(&paths)
         .map(|(b, p)| ExportDisk {
             name: p.display().to_string(),
-            source: b,
+            source: *b,
             capacity: b.size(),
         })
         .collect();
@@ -193,63 +198,38 @@ fn run_export(a: ExportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `import` created, removed again if a later step fails.
-struct Created {
-    dir: Option<PathBuf>,
-    paths: Vec<PathBuf>,
-    done: bool,
-}
-
-impl Drop for Created {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        for p in &self.paths {
-            let _ = std::fs::remove_dir_all(p);
-        }
-        if let Some(d) = &self.dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-}
-
 fn run_import(a: ImportArgs) -> Result<ExitCode> {
     let opts = ImportOptions {
         system: a.system.clone(),
         require_manifest: a.require_manifest,
+        force: a.force,
     };
-    let dest_exists = a.dest.exists();
-    if dest_exists {
-        let empty = std::fs::read_dir(&a.dest)
-            .with_context(|| format!("{}: not a folder", a.dest.display()))?
-            .next()
-            .is_none();
-        if !empty {
-            bail!("{}: exists and is not empty", a.dest.display());
-        }
-    }
+    vdisk_ovf::check_destination(&a.dest)?;
     // Every check happens before anything is written.
-    let pkg = import_verify_with(&a.pkg, &opts).context("package refused, nothing written")?;
+    let pkg = import_verify_with(&a.pkg, &opts).map_err(|e| {
+        let hint = matches!(e, vdisk_ovf::OvfError::RequiredSection { .. });
+        let e = anyhow::Error::new(e).context("package refused, nothing written");
+        if hint {
+            e.context(
+                "`vdisk ovf inspect` lists what is not understood; --force imports without it",
+            )
+        } else {
+            e
+        }
+    })?;
     for w in pkg.warnings() {
         eprintln!("warning: {w}");
     }
-    let mut created = Created {
-        dir: None,
-        paths: Vec::new(),
-        done: false,
-    };
-    if !dest_exists {
-        std::fs::create_dir_all(&a.dest)
-            .with_context(|| format!("cannot create {}", a.dest.display()))?;
-        created.dir = Some(a.dest.clone());
-    }
-    import_disks(&pkg, &a.dest, a.cluster_size, &mut created)?;
-    let cfg_path = a.dest.join(CONFIG_FILE_NAME);
+    // Built under a temporary name beside DEST and renamed when complete; on any failure
+    // the temporary folder and every folder made for DEST are removed.
+    let staging = vdisk_ovf::ImportDestination::prepare(&a.dest)?;
+    import_disks(&pkg, staging.path(), a.cluster_size)?;
+    let cfg_path = staging.path().join(CONFIG_FILE_NAME);
     vdisk_vmconfig::save(pkg.vm_config(), &cfg_path)
         .with_context(|| format!("cannot write {}", cfg_path.display()))?;
-    created.paths.push(cfg_path.clone());
-    created.done = true;
+    staging
+        .commit()
+        .with_context(|| format!("cannot complete the import into {}", a.dest.display()))?;
     let cfg = pkg.vm_config();
     println!(
         "Imported {} into {}: {} ({} vCPU, {} MiB, {} disk(s), {} NIC(s))",
@@ -264,33 +244,24 @@ fn run_import(a: ImportArgs) -> Result<ExitCode> {
     for d in pkg.disks() {
         println!("  {:<30} {}", d.bundle_path, human(d.capacity));
     }
-    println!("  {}", cfg_path.display());
+    println!("  {}", a.dest.join(CONFIG_FILE_NAME).display());
     Ok(ExitCode::SUCCESS)
 }
 
 /// Converts every disk of the verified package into `dest/<bundle_path>`.
-fn import_disks(
-    pkg: &VerifiedPackage,
-    dest: &Path,
-    cluster_size: u64,
-    created: &mut Created,
-) -> Result<()> {
-    let mut plans = Vec::new();
+fn import_disks(pkg: &VerifiedPackage, dest: &Path, cluster_size: u64) -> Result<()> {
     let mut total = 0u64;
     for d in pkg.disks() {
-        let data: Vec<(u64, u64)> = d
-            .source
-            .extents(0, d.source.size())
-            .with_context(|| format!("{}: disk {}", pkg.package_name(), d.disk_id))?
-            .into_iter()
-            .filter(|e| e.kind == Allocation::Data)
-            .map(|e| (e.offset, e.length))
-            .collect();
-        total += data.iter().map(|r| r.1).sum::<u64>();
-        plans.push((d, data));
+        total += data_bytes(d.source.as_ref())
+            .with_context(|| format!("{}: disk {}", pkg.package_name(), d.disk_id))?;
     }
     let pb = crate::progress::bytes(total, "importing");
-    for (d, data) in plans {
+    let progress = |n| pb.inc(n);
+    let opts = CopyOptions {
+        progress: Some(&progress),
+        ..CopyOptions::default()
+    };
+    for d in pkg.disks() {
         let path = dest.join(&d.bundle_path);
         if path.exists() {
             bail!("{}: exists", path.display());
@@ -303,29 +274,14 @@ fn import_disks(
                 subcluster_size: None,
             },
         )?;
-        created.paths.push(path.clone());
-        let src = d.source.as_ref();
-        par_copy(
-            &split(&data, CHUNK),
-            default_threads(),
-            &|b, off| {
-                src.read_at(b, off).with_context(|| {
-                    format!(
-                        "{}: disk {}: reading {} bytes at {off}",
-                        pkg.package_name(),
-                        d.disk_id,
-                        b.len()
-                    )
-                })
-            },
-            |b, off| {
-                nonzero_runs(b, off, |b, off| {
-                    disk.write_at(b, off)
-                        .with_context(|| format!("writing {}", path.display()))
-                })
-            },
-            |n| pb.inc(n),
-        )?;
+        copy(d.source.as_ref(), &disk, &opts).with_context(|| {
+            format!(
+                "{}: disk {} into {}",
+                pkg.package_name(),
+                d.disk_id,
+                path.display()
+            )
+        })?;
         disk.flush()?;
         disk.close()?;
     }
@@ -345,6 +301,17 @@ fn run_inspect(a: InspectArgs) -> Result<ExitCode> {
         print_json(&r)?;
     } else {
         print_report(&r);
+    }
+    if a.verify && !r.problems.is_empty() {
+        eprintln!(
+            "vdisk: verification failed: {} problem(s) in {}",
+            r.problems.len(),
+            r.package
+        );
+        for p in &r.problems {
+            eprintln!("  {p}");
+        }
+        return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -373,15 +340,7 @@ fn print_report(r: &InspectReport) {
         ),
         None => println!("manifest:        none"),
     }
-    let cert = serde_json::to_value(&r.certificate)
-        .ok()
-        .map(|v| match v {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
-            other => other.to_string(),
-        })
-        .unwrap_or_default();
-    println!("certificate:     {cert}");
+    println!("certificate:     {}", r.certificate.summary());
     println!("files:           {}", r.files.len());
     for f in &r.files {
         println!(
@@ -426,6 +385,12 @@ fn print_report(r: &InspectReport) {
         }
         for w in &s.warnings {
             println!("  warning: {w}");
+        }
+    }
+    if !r.unsupported_sections.is_empty() {
+        println!("import would refuse (required sections not understood; --force ignores them):");
+        for u in &r.unsupported_sections {
+            println!("  {} in {}", u.section, u.location);
         }
     }
     for w in &r.warnings {

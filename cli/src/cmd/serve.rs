@@ -6,17 +6,21 @@
 //! each client so snapshots taken while serving appear. Unless `--read-only`, the server is
 //! the bundle's writer and answers `vdisk snapshot …` from other shells on the control socket.
 //! SIGINT/SIGTERM: stop accepting, finish the requests read, flush, close the disk.
+//!
+//! Access: a `--socket` is the owner's (mode 0600 whatever the umask; `--socket-mode`
+//! widens it). TCP takes TLS as qemu-nbd does (`--tls-creds DIR` with X.509 files in qemu's
+//! layout, or `--tls-psk` keys); a non-loopback address without TLS client authentication
+//! needs `--insecure`.
 
-use crate::adapters::nbd::NbdProvider;
-use crate::adapters::{Bundle, Reader, Writer};
-use crate::control::server::ControlServer;
 use crate::size::parse_size;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use vdisk_nbd::{ListenAddr, Server, ServerConfig, ShutdownSignal};
+use vdisk_nbd::{
+    ListenAddr, Server, ServerConfig, ShutdownSignal, TlsConfig, UnixSocketOptions, VolumeExports,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,9 +50,69 @@ pub struct Args {
     /// Request data one connection may hold in memory at once.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub max_inflight: u64,
+    /// Permission bits of the --socket file, in octal, set whatever the umask: 600 lets
+    /// only you (and root) connect, 660 your group too.
+    #[arg(long, default_value = "600", value_parser = parse_mode, requires = "socket")]
+    pub socket_mode: u32,
+    /// Require TLS with X.509 certificates from DIR, laid out as for qemu's
+    /// tls-creds-x509: server-cert.pem, server-key.pem, and ca-cert.pem, which must have
+    /// signed every client's certificate.
+    #[arg(long, value_name = "DIR", conflicts_with = "tls_psk")]
+    pub tls_creds: Option<PathBuf>,
+    /// With --tls-creds: accept clients without a certificate (encrypted but not
+    /// authenticated: whoever reaches the port can write the disk).
+    #[arg(long, requires = "tls_creds")]
+    pub tls_no_client_cert: bool,
+    /// Require TLS with pre-shared keys: a key file of identity:hexkey lines (GnuTLS
+    /// psktool's format) or a folder holding keys.psk (qemu's tls-creds-psk dir=).
+    #[arg(long, value_name = "FILE|DIR")]
+    pub tls_psk: Option<PathBuf>,
+    /// Allow a non-loopback TCP address without TLS client authentication: anyone who
+    /// reaches the port can read and write the disk.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
-fn config(a: &Args) -> Result<ServerConfig> {
+fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal mode such as 600 or 660"))
+}
+
+fn tls(a: &Args) -> Result<Option<TlsConfig>> {
+    Ok(match (&a.tls_creds, &a.tls_psk) {
+        (Some(dir), _) => Some(
+            TlsConfig::x509(dir, !a.tls_no_client_cert)
+                .with_context(|| format!("--tls-creds {}", dir.display()))?,
+        ),
+        (None, Some(p)) => {
+            Some(TlsConfig::psk(p).with_context(|| format!("--tls-psk {}", p.display()))?)
+        }
+        (None, None) => None,
+    })
+}
+
+/// Refuses a TCP address reachable from other hosts unless clients must authenticate.
+fn check_exposure(a: &Args, tls: Option<&TlsConfig>) -> Result<()> {
+    if a.socket.is_some() || a.insecure || tls.is_some_and(|t| t.authenticates_clients()) {
+        return Ok(());
+    }
+    let addrs: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(a.listen.as_str())
+            .with_context(|| format!("--listen {}: not an address", a.listen))?
+            .collect();
+    if let Some(open) = addrs.iter().find(|s| !s.ip().is_loopback()) {
+        anyhow::bail!(
+            "--listen {}: {} is reachable from other hosts, and without TLS client authentication anyone who reaches it can write this disk; use --tls-creds or --tls-psk, or --insecure to accept that",
+            a.listen,
+            open.ip()
+        );
+    }
+    Ok(())
+}
+
+fn config(a: &Args, tls: Option<TlsConfig>) -> Result<ServerConfig> {
     let max_request_bytes = u32::try_from(a.max_request)
         .ok()
         .filter(|n| (4096..=1 << 30).contains(n))
@@ -58,13 +122,17 @@ fn config(a: &Args) -> Result<ServerConfig> {
         max_request_bytes,
         worker_threads: usize::from(a.workers),
         max_inflight_bytes: a.max_inflight,
+        tls,
         ..ServerConfig::default()
     })
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
     crate::logger::init();
-    let config = config(&a)?;
+    let tls = tls(&a)?;
+    check_exposure(&a, tls.as_ref())?;
+    let tls_note = tls.as_ref().map(|t| format!(", TLS {} required", t.kind()));
+    let config = config(&a, tls)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while shutting down exits at once.
@@ -74,33 +142,28 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .context("installing signal handlers")?;
     }
     let path = crate::open::resolve(&a.disk)?;
-    let (provider, writer, control) = if a.read_only {
-        let r: Arc<dyn Bundle> = Reader::open(&path, None)?;
-        (NbdProvider::new(r, a.export_snapshots), None, None)
+    let held = if a.read_only {
+        crate::open::reader(&path, None)?
     } else {
-        let disk = crate::open::disk(&path).map_err(|e| {
-            if crate::control::client::is_locked(&e) {
-                e.context("another process writes this disk; serve it with --read-only")
-            } else {
-                e
-            }
-        })?;
-        let w = Writer::new(disk, &path, "serve");
-        let c = ControlServer::start(&crate::control::socket_path(&path), Arc::clone(&w))?;
-        let p = NbdProvider::new(Arc::clone(&w) as Arc<dyn Bundle>, a.export_snapshots)
-            .with_fixed_head();
-        (p, Some(w), Some(c))
+        crate::open::writer(&path, "serve", "serve it with --read-only")?
     };
+    let provider = VolumeExports::new(Arc::clone(held.volume()), a.export_snapshots);
     let server = match &a.socket {
-        Some(s) => Server::bind_unix(s)?,
+        Some(s) => Server::bind_unix_with(
+            s,
+            UnixSocketOptions {
+                mode: a.socket_mode,
+            },
+        )?,
         None => Server::bind_tcp(a.listen.as_str())?,
     };
     let url = match server.local_addr() {
+        ListenAddr::Tcp(addr) if tls_note.is_some() => format!("nbds://{addr}"),
         ListenAddr::Tcp(addr) => format!("nbd://{addr}"),
         ListenAddr::Unix(p) => format!("nbd+unix:///?socket={}", p.display()),
     };
     eprintln!(
-        "vdisk: serving {} on {url} ({}{}); stop with Ctrl-C",
+        "vdisk: serving {} on {url} ({}{}{}); stop with Ctrl-C",
         path.display(),
         if a.read_only {
             "read-only"
@@ -111,16 +174,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ", snapshots exported by name"
         } else {
             ""
-        }
+        },
+        tls_note.as_deref().unwrap_or("")
     );
     let served = server.run(Arc::new(provider), config, ShutdownSignal::from_flag(stop));
-    if let Some(c) = control {
-        c.stop();
-    }
-    let closed = match writer {
-        Some(w) => w.close(),
-        None => Ok(()),
-    };
+    let closed = held.close();
     served.context("the NBD server failed")?;
     closed.context("closing the disk")?;
     Ok(ExitCode::SUCCESS)

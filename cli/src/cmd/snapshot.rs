@@ -1,14 +1,14 @@
 //! `vdisk snapshot create|list|delete|revert|rename|pin|unpin`
 
 use super::print_json;
-use crate::control::client::WriterAccess;
+use crate::open::on_writer;
 use crate::size::human;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
-use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use vdisk_engine::{Disk, SnapshotInfo};
+use vdisk_engine::SnapshotInfo;
+use vdisk_live::control::Request;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -75,25 +75,10 @@ struct Listing<'a> {
 pub fn run(c: Command) -> Result<ExitCode> {
     match c {
         Command::Create { disk, name } => {
-            let what = || format!("cannot create snapshot {name:?} of {}", disk.display());
-            let (sname, id) = match WriterAccess::open(&disk)? {
-                WriterAccess::Local(d) => {
-                    let s = d.snapshot_create(&name).with_context(what)?;
-                    d.close()?;
-                    (s.name, s.id.short())
-                }
-                WriterAccess::Remote(r) => {
-                    let m = r
-                        .call("snapshot_create", args(&[("name", &name)]))
-                        .with_context(what)?;
-                    let s = &m["snapshot"];
-                    let id = s["id"].as_str().unwrap_or_default();
-                    (
-                        s["name"].as_str().unwrap_or(&name).to_string(),
-                        id.get(..8).unwrap_or(id).to_string(),
-                    )
-                }
-            };
+            let what = format!("cannot create snapshot {name:?} of {}", disk.display());
+            let req = Request::SnapshotCreate { name: name.clone() };
+            let s = on_writer(&disk, req, &what, |d| d.snapshot_create(&name))?;
+            let (sname, id) = (s.name, s.id.short());
             println!("Created snapshot {} ({}) of {}", sname, id, disk.display());
         }
         Command::List { disk, json } => {
@@ -122,74 +107,43 @@ pub fn run(c: Command) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Delete { disk, name } => mutate(
+        Command::Delete { disk, name } => on_writer(
             &disk,
-            "snapshot_delete",
-            args(&[("name", &name)]),
-            || format!("cannot delete snapshot {name:?}"),
+            Request::SnapshotDelete { name: name.clone() },
+            &format!("cannot delete snapshot {name:?}"),
             |d| d.snapshot_delete(&name),
         )?,
-        Command::Revert { disk, name } => mutate(
+        Command::Revert { disk, name } => on_writer(
             &disk,
-            "snapshot_revert",
-            args(&[("name", &name)]),
-            || format!("cannot revert to snapshot {name:?}"),
+            Request::SnapshotRevert { name: name.clone() },
+            &format!("cannot revert to snapshot {name:?}"),
             |d| d.snapshot_revert(&name),
         )?,
         Command::Rename {
             disk,
             name,
             new_name,
-        } => mutate(
+        } => on_writer(
             &disk,
-            "snapshot_rename",
-            args(&[("name", &name), ("new_name", &new_name)]),
-            || format!("cannot rename snapshot {name:?}"),
+            Request::SnapshotRename {
+                name: name.clone(),
+                new_name: new_name.clone(),
+            },
+            &format!("cannot rename snapshot {name:?}"),
             |d| d.snapshot_rename(&name, &new_name),
         )?,
-        Command::Pin { disk, name } => mutate(
+        Command::Pin { disk, name } => on_writer(
             &disk,
-            "snapshot_pin",
-            args(&[("name", &name)]),
-            || format!("cannot pin snapshot {name:?}"),
+            Request::SnapshotPin { name: name.clone() },
+            &format!("cannot pin snapshot {name:?}"),
             |d| d.snapshot_pin(&name, true),
         )?,
-        Command::Unpin { disk, name } => mutate(
+        Command::Unpin { disk, name } => on_writer(
             &disk,
-            "snapshot_unpin",
-            args(&[("name", &name)]),
-            || format!("cannot unpin snapshot {name:?}"),
+            Request::SnapshotUnpin { name: name.clone() },
+            &format!("cannot unpin snapshot {name:?}"),
             |d| d.snapshot_pin(&name, false),
         )?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A control-socket argument object of string members.
-fn args(pairs: &[(&str, &str)]) -> Map<String, Value> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), Value::String((*v).to_string())))
-        .collect()
-}
-
-/// Runs a snapshot operation in this process when the bundle is free, or through the control
-/// socket of the long-lived writer (`vdisk mount --read-write`, `vdisk serve`) holding it.
-fn mutate(
-    disk: &Path,
-    op: &str,
-    remote_args: Map<String, Value>,
-    what: impl Fn() -> String,
-    local: impl FnOnce(&Disk) -> vdisk_engine::Result<()>,
-) -> Result<()> {
-    match WriterAccess::open(disk)? {
-        WriterAccess::Local(d) => {
-            local(&d).with_context(&what)?;
-            d.close()?;
-        }
-        WriterAccess::Remote(r) => {
-            r.call(op, remote_args).with_context(&what)?;
-        }
-    }
-    Ok(())
 }

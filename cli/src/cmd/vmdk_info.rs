@@ -5,7 +5,8 @@ use crate::size::human;
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::process::ExitCode;
-use vdisk_vmdk::{BlockSource, VmdkImage};
+use vdisk_blockdev::{BlockDevice, ExtentKind};
+use vdisk_vmdk::VmdkImage;
 
 /// Whether `info` should treat `path` as a VMDK: a file (not a bundle) named `.vmdk` or with
 /// VMDK content.
@@ -14,7 +15,7 @@ pub fn applies(path: &Path) -> bool {
         && (path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("vmdk"))
-            || crate::vmdk_io::looks_like_vmdk(path))
+            || vdisk_vmdk::looks_like_vmdk(path))
 }
 
 fn cid(c: Option<u32>) -> String {
@@ -32,7 +33,7 @@ pub fn run(path: &Path, json: bool) -> Result<ExitCode> {
     let data: u64 = img
         .extents(0, img.size())?
         .iter()
-        .filter(|e| e.kind == vdisk_vmdk::Allocation::Data)
+        .filter(|e| e.kind == ExtentKind::Data)
         .map(|e| e.length)
         .sum();
     println!("disk:            {}", i.file);

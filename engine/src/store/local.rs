@@ -207,6 +207,20 @@ impl Store for LocalStore {
         Ok(Some(b))
     }
 
+    fn manifest_generation(&self) -> io::Result<Option<u64>> {
+        let f = match File::open(self.root.join("manifest")) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut h = [0u8; crate::format::manifest::HEADER_LEN];
+        match f.read_exact_at(&mut h, 0) {
+            Ok(()) => Ok(crate::format::manifest::peek_generation(&h)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn write_manifest(&self, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.root.join("manifest.tmp");
         {

@@ -73,17 +73,6 @@ pub fn generation_mismatch(expected: u64, found: Option<u64>) -> io::Error {
     io::Error::other(GenerationMismatch { expected, found })
 }
 
-/// The generation in a manifest envelope whose magic and header checksum are right
-/// (format-spec/bundle.md §2); `None` otherwise.
-pub fn peek_generation(b: &[u8]) -> Option<u64> {
-    let h = b.get(..36)?;
-    let crc = u32::from_le_bytes(h[32..36].try_into().ok()?);
-    if &h[..8] != b"VDSKMNFT" || crc32fast::hash(&h[..32]) != crc {
-        return None;
-    }
-    Some(u64::from_le_bytes(h[16..24].try_into().ok()?))
-}
-
 /// The [`GenerationMismatch`] inside `e`, if it is one.
 pub fn as_generation_mismatch(e: &io::Error) -> Option<&GenerationMismatch> {
     e.get_ref()?.downcast_ref::<GenerationMismatch>()
@@ -103,6 +92,14 @@ pub trait Store: Send + Sync {
     fn list_objects(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// The manifest bytes, or `None` when the bundle has none.
     fn read_manifest(&self) -> io::Result<Option<Vec<u8>>>;
+    /// The generation of the current manifest, or `None` without one (or when its envelope
+    /// is unreadable): a lock-free reader polls this to follow changes. The default reads
+    /// the whole manifest; stores override it with a cheaper read.
+    fn manifest_generation(&self) -> io::Result<Option<u64>> {
+        Ok(self
+            .read_manifest()?
+            .and_then(|b| crate::format::manifest::peek_generation(&b)))
+    }
     /// Replace the manifest atomically and durably.
     fn write_manifest(&self, bytes: &[u8]) -> io::Result<()>;
     /// Replace the manifest only if the stored one still has generation `expected` (0: only
@@ -117,7 +114,7 @@ pub trait Store: Send + Sync {
     fn replace_manifest(&self, bytes: &[u8], expected: u64) -> io::Result<()> {
         let found = match self.read_manifest()? {
             None => 0,
-            Some(b) => peek_generation(&b).unwrap_or(u64::MAX),
+            Some(b) => crate::format::manifest::peek_generation(&b).unwrap_or(u64::MAX),
         };
         if found != expected {
             return Err(generation_mismatch(expected, Some(found)));

@@ -7,9 +7,9 @@ use fuser::{Errno, FopenFlags, OpenAccMode, OpenFlags, ReplyData};
 
 use super::nodes::ALLOCATION_WINDOW;
 use super::{errno, FsCore};
-use crate::source::Device;
 use crate::tree::{head_partitions, NodeKey};
 use crate::window::DeviceWindow;
+use vdisk_blockdev::BlockDevice;
 
 /// What an open file reads from.
 pub(crate) enum Target {
@@ -18,7 +18,7 @@ pub(crate) enum Target {
     /// A partition of the head: a window fixed at open time.
     HeadWindow { start: u64, len: u64 },
     /// A snapshot or a snapshot's partition: immutable.
-    Device(Arc<dyn Device>),
+    Device(Arc<dyn BlockDevice>),
     /// `info.json` as it was at open.
     Bytes(Arc<[u8]>),
 }
@@ -45,7 +45,11 @@ const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
 /// The first offset at or after `offset` that is data (`want_data`) or a hole, from the
 /// device's allocation map. Runs the map does not cover count as data; the end of the device
 /// is an implicit hole. ENXIO when `offset` is past the end, or no data follows it.
-pub(crate) fn seek_extent(dev: &dyn Device, offset: u64, want_data: bool) -> Result<u64, Errno> {
+pub(crate) fn seek_extent(
+    dev: &dyn BlockDevice,
+    offset: u64,
+    want_data: bool,
+) -> Result<u64, Errno> {
     let size = dev.size();
     if offset >= size {
         return Err(Errno::ENXIO);
@@ -53,7 +57,7 @@ pub(crate) fn seek_extent(dev: &dyn Device, offset: u64, want_data: bool) -> Res
     let mut pos = offset;
     while pos < size {
         let end = pos.saturating_add(ALLOCATION_WINDOW.min(size - pos));
-        let mut extents = dev.allocation(pos, end - pos).map_err(|e| errno(&e))?;
+        let mut extents = dev.extents(pos, end - pos).map_err(|e| errno(&e))?;
         extents.sort_by_key(|e| e.offset);
         let mut cur = pos;
         for e in extents {
@@ -65,7 +69,7 @@ pub(crate) fn seek_extent(dev: &dyn Device, offset: u64, want_data: bool) -> Res
             if s > cur && want_data {
                 return Ok(cur); // an uncovered gap counts as data
             }
-            if e.data == want_data {
+            if e.kind.is_hole() != want_data {
                 return Ok(s);
             }
             cur = e_end;
@@ -95,7 +99,7 @@ impl FsCore {
     fn with_device<R>(
         &self,
         of: &OpenFile,
-        f: impl FnOnce(&dyn Device) -> Result<R, Errno>,
+        f: impl FnOnce(&dyn BlockDevice) -> Result<R, Errno>,
     ) -> Result<R, Errno> {
         match &of.target {
             Target::Head => f(self.source.head().ok_or(Errno::EIO)?.as_ref()),
@@ -317,8 +321,8 @@ impl FsCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Extent;
     use std::io;
+    use vdisk_blockdev::{Extent, ExtentKind};
 
     /// A device of `size` bytes with data in the given ranges, holes elsewhere; `gaps` leaves
     /// data ranges out of the map entirely (uncovered runs count as data).
@@ -328,7 +332,7 @@ mod tests {
         gaps: bool,
     }
 
-    impl Device for Map {
+    impl BlockDevice for Map {
         fn size(&self) -> u64 {
             self.size
         }
@@ -341,7 +345,7 @@ mod tests {
         fn flush(&self) -> io::Result<()> {
             Ok(())
         }
-        fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
             let end = offset + len;
             let mut v = Vec::new();
             let mut cur = offset;
@@ -351,27 +355,15 @@ mod tests {
                     continue;
                 }
                 if s > cur {
-                    v.push(Extent {
-                        offset: cur,
-                        length: s - cur,
-                        data: false,
-                    });
+                    v.push(Extent::new(cur, s - cur, ExtentKind::Unallocated));
                 }
                 if !self.gaps {
-                    v.push(Extent {
-                        offset: s,
-                        length: e - s,
-                        data: true,
-                    });
+                    v.push(Extent::new(s, e - s, ExtentKind::Data));
                 }
                 cur = e;
             }
             if cur < end {
-                v.push(Extent {
-                    offset: cur,
-                    length: end - cur,
-                    data: false,
-                });
+                v.push(Extent::new(cur, end - cur, ExtentKind::Unallocated));
             }
             Ok(v)
         }

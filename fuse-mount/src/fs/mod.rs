@@ -1,4 +1,4 @@
-//! The FUSE filesystem: `fuser::Filesystem` over a [`MountSource`].
+//! The FUSE filesystem: `fuser::Filesystem` over a [`Volume`].
 //!
 //! `VdiskFs` only forwards each request to [`FsCore`], whose methods live in `nodes.rs`
 //! (names and attributes), `dir.rs` (listings) and `file.rs` (data).
@@ -21,8 +21,8 @@ use fuser::{
 };
 use log::{debug, warn};
 
-use crate::source::MountSource;
 use crate::tree::{Inodes, NodeKey, Snapshots};
+use vdisk_blockdev::Volume;
 
 pub(crate) use file::OpenFile;
 
@@ -40,7 +40,7 @@ pub(crate) struct Tuning {
 
 /// Everything the request handlers share.
 pub(crate) struct FsCore {
-    pub(crate) source: Arc<dyn MountSource>,
+    pub(crate) source: Arc<dyn Volume>,
     pub(crate) tuning: Tuning,
     uid: u32,
     gid: u32,
@@ -79,7 +79,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl FsCore {
-    pub(crate) fn new(source: Arc<dyn MountSource>, tuning: Tuning) -> Self {
+    pub(crate) fn new(source: Arc<dyn Volume>, tuning: Tuning) -> Self {
         let now = SystemTime::now();
         Self {
             snapshots: Snapshots::new(Arc::clone(&source)),

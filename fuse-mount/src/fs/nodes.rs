@@ -6,23 +6,23 @@ use std::time::{Instant, SystemTime};
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 
 use super::{errno, lock, FsCore, TTL};
-use crate::source::Device;
 use crate::tree::{head_partitions, parse_part_name, NodeKey};
+use vdisk_blockdev::BlockDevice;
 
-/// Largest span asked of `Device::allocation` in one call, so a fragmented disk cannot
+/// Largest span asked of `BlockDevice::allocation` in one call, so a fragmented disk cannot
 /// make the device build an unbounded extent list.
 pub(crate) const ALLOCATION_WINDOW: u64 = 1 << 30;
 
 /// Bytes of `dev` that hold data, walking its allocation map; `None` if the map fails.
-pub(crate) fn allocated_bytes(dev: &dyn Device) -> Option<u64> {
+pub(crate) fn allocated_bytes(dev: &dyn BlockDevice) -> Option<u64> {
     let size = dev.size();
     let mut pos = 0u64;
     let mut total = 0u64;
     while pos < size {
         let len = (size - pos).min(ALLOCATION_WINDOW);
-        let extents = dev.allocation(pos, len).ok()?;
+        let extents = dev.extents(pos, len).ok()?;
         let mut holes = 0u64;
-        for e in extents.iter().filter(|e| !e.data) {
+        for e in extents.iter().filter(|e| e.kind.is_hole()) {
             let s = e.offset.max(pos);
             let end = e.offset.saturating_add(e.length).min(pos + len);
             holes = holes.saturating_add(end.saturating_sub(s));
@@ -67,8 +67,11 @@ fn file_shape(size: u64, allocated: Option<u64>, perm: u16, mtime: SystemTime) -
 }
 
 impl FsCore {
-    fn head(&self) -> Result<std::sync::Arc<dyn Device>, Errno> {
-        self.source.head().ok_or(Errno::ENOENT)
+    fn head(&self) -> Result<std::sync::Arc<dyn BlockDevice>, Errno> {
+        self.source
+            .head()
+            .map(|h| h as std::sync::Arc<dyn BlockDevice>)
+            .ok_or(Errno::ENOENT)
     }
 
     fn file_perm(&self, writable: bool) -> u16 {
@@ -80,7 +83,7 @@ impl FsCore {
     }
 
     /// `st_blocks` of a head-derived file, recomputed at most once per TTL.
-    fn head_allocated(&self, key: NodeKey, dev: &dyn Device) -> Option<u64> {
+    fn head_allocated(&self, key: NodeKey, dev: &dyn BlockDevice) -> Option<u64> {
         if let Some(&(bytes, at)) = lock(&self.head_blocks).get(&key) {
             if at.elapsed() < TTL {
                 return Some(bytes);
@@ -249,11 +252,11 @@ impl FsCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Extent;
     use std::io;
+    use vdisk_blockdev::{Extent, ExtentKind};
 
     struct Holey;
-    impl Device for Holey {
+    impl BlockDevice for Holey {
         fn size(&self) -> u64 {
             3 * ALLOCATION_WINDOW + 10
         }
@@ -266,21 +269,13 @@ mod tests {
         fn flush(&self) -> io::Result<()> {
             Ok(())
         }
-        fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
             assert!(len <= ALLOCATION_WINDOW);
             // First 4096 bytes of every window are data, the rest a hole.
             let data = len.min(4096);
             Ok(vec![
-                Extent {
-                    offset,
-                    length: data,
-                    data: true,
-                },
-                Extent {
-                    offset: offset + data,
-                    length: len - data,
-                    data: false,
-                },
+                Extent::new(offset, data, ExtentKind::Data),
+                Extent::new(offset + data, len - data, ExtentKind::Unallocated),
             ])
         }
     }

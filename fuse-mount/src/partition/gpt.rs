@@ -2,7 +2,7 @@
 //! LBA) pointing to a CRC-checked array of entries.
 
 use super::{le_u32, le_u64, read_bytes, Partition, PartitionError};
-use crate::source::Device;
+use vdisk_blockdev::BlockDevice;
 
 /// Most entries accepted in an array: the spec's minimum array is 128 entries; real tools
 /// never write more than a few hundred. Bounds the allocation below.
@@ -89,7 +89,11 @@ fn decode_header(block: &[u8], lba: u64, disk_blocks: u64) -> Result<GptHeader, 
 }
 
 /// Reads and checks the header at `lba` and its entry array; returns the partitions.
-fn read_at_lba(dev: &dyn Device, block: u64, lba: u64) -> Result<Vec<Partition>, PartitionError> {
+fn read_at_lba(
+    dev: &dyn BlockDevice,
+    block: u64,
+    lba: u64,
+) -> Result<Vec<Partition>, PartitionError> {
     let disk_blocks = dev.size() / block;
     let block_len = usize::try_from(block).unwrap_or(512);
     let header_bytes = read_bytes(dev, lba.saturating_mul(block), block_len)?;
@@ -152,7 +156,7 @@ fn read_at_lba(dev: &dyn Device, block: u64, lba: u64) -> Result<Vec<Partition>,
 }
 
 /// Finds the block size: the header sits at LBA 1, i.e. byte 512 or byte 4096.
-fn block_size(dev: &dyn Device) -> Result<u64, PartitionError> {
+fn block_size(dev: &dyn BlockDevice) -> Result<u64, PartitionError> {
     for block in [512u64, 4096] {
         if dev.size() >= block * 2 && read_bytes(dev, block, 8)? == SIGNATURE {
             return Ok(block);
@@ -163,7 +167,7 @@ fn block_size(dev: &dyn Device) -> Result<u64, PartitionError> {
 
 /// Reads the GPT of a disk with a protective MBR: the primary header, or the backup one at
 /// the last LBA when the primary is damaged.
-pub(crate) fn read_gpt(dev: &dyn Device) -> Result<Vec<Partition>, PartitionError> {
+pub(crate) fn read_gpt(dev: &dyn BlockDevice) -> Result<Vec<Partition>, PartitionError> {
     let block = block_size(dev)?;
     let primary = match read_at_lba(dev, block, 1) {
         Ok(parts) => return Ok(parts),

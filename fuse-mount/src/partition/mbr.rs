@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::{le_u32, read_bytes, Partition, PartitionError};
-use crate::source::Device;
+use vdisk_blockdev::BlockDevice;
 
 /// MBR sectors are 512 bytes whatever the disk's block size.
 pub(crate) const SECTOR: u64 = 512;
@@ -92,7 +92,7 @@ fn span(
 
 /// The partitions of an MBR disk whose sector 0 decoded to `entries`.
 pub(crate) fn read_mbr_partitions(
-    dev: &dyn Device,
+    dev: &dyn BlockDevice,
     entries: &[MbrEntry; 4],
 ) -> Result<Vec<Partition>, PartitionError> {
     let disk_sectors = dev.size() / SECTOR;
@@ -135,7 +135,7 @@ pub(crate) fn read_mbr_partitions(
 /// Walks the EBR chain of the extended partition at `ext_start` (sectors), appending the
 /// logical partitions numbered from 5.
 fn read_logical_partitions(
-    dev: &dyn Device,
+    dev: &dyn BlockDevice,
     ext_start: u64,
     ext_sectors: u64,
     parts: &mut Vec<Partition>,

@@ -12,7 +12,7 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::source::Device;
+use vdisk_blockdev::BlockDevice;
 
 pub use gpt::{MAX_GPT_ENTRIES, MAX_GPT_ENTRY_SIZE};
 pub use mbr::MAX_LOGICAL_PARTITIONS;
@@ -140,7 +140,7 @@ pub enum PartitionError {
 }
 
 /// Reads `len` bytes at `offset` of `dev`, naming the offset on failure.
-fn read_bytes(dev: &dyn Device, offset: u64, len: usize) -> Result<Vec<u8>, PartitionError> {
+fn read_bytes(dev: &dyn BlockDevice, offset: u64, len: usize) -> Result<Vec<u8>, PartitionError> {
     let mut buf = vec![0u8; len];
     let end = offset.checked_add(u64::try_from(len).unwrap_or(u64::MAX));
     if end.is_none_or(|e| e > dev.size()) {
@@ -188,7 +188,7 @@ fn check_overlaps(parts: &mut [Partition]) -> Result<(), PartitionError> {
 /// A disk without a table (no boot signature, or a boot sector that is not a partition table)
 /// gives [`TableKind::None`] and no partitions; a table that is present but inconsistent is an
 /// error.
-pub fn read_partition_table(dev: &dyn Device) -> Result<PartitionTable, PartitionError> {
+pub fn read_partition_table(dev: &dyn BlockDevice) -> Result<PartitionTable, PartitionError> {
     if dev.size() < mbr::SECTOR {
         return Ok(PartitionTable {
             kind: TableKind::None,
@@ -214,7 +214,7 @@ pub fn read_partition_table(dev: &dyn Device) -> Result<PartitionTable, Partitio
 /// A read-only device over a byte slice: the partition table of an in-memory disk image.
 struct SliceDevice<'a>(&'a [u8]);
 
-impl Device for SliceDevice<'_> {
+impl BlockDevice for SliceDevice<'_> {
     fn size(&self) -> u64 {
         u64::try_from(self.0.len()).unwrap_or(u64::MAX)
     }
@@ -234,12 +234,12 @@ impl Device for SliceDevice<'_> {
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
-    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<crate::source::Extent>> {
-        Ok(vec![crate::source::Extent {
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<vdisk_blockdev::Extent>> {
+        Ok(vec![vdisk_blockdev::Extent::new(
             offset,
-            length: len,
-            data: true,
-        }])
+            len,
+            vdisk_blockdev::ExtentKind::Data,
+        )])
     }
 }
 
@@ -252,11 +252,11 @@ pub fn read_partition_table_from_bytes(disk: &[u8]) -> Result<PartitionTable, Pa
 pub(crate) mod testdev {
     //! A byte-vector device for the parser tests.
     use super::*;
-    use crate::source::Extent;
+    use vdisk_blockdev::Extent;
 
     pub(crate) struct Bytes(pub Vec<u8>);
 
-    impl Device for Bytes {
+    impl BlockDevice for Bytes {
         fn size(&self) -> u64 {
             self.0.len() as u64
         }
@@ -275,12 +275,12 @@ pub(crate) mod testdev {
         fn flush(&self) -> io::Result<()> {
             Ok(())
         }
-        fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
-            Ok(vec![Extent {
+        fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+            Ok(vec![Extent::new(
                 offset,
-                length: len,
-                data: true,
-            }])
+                len,
+                vdisk_blockdev::ExtentKind::Data,
+            )])
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Test sources: an in-memory device with a 4 KiB allocation map, a file-backed device, and a
-//! `MountSource` whose "snapshot" copies the head and bumps the generation.
+//! `Volume` whose "snapshot" copies the head and bumps the generation.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use vdisk_fuse::{Device, Extent, MountSource, SnapshotEntry};
+use vdisk_blockdev::{BlockDevice, Export, Extent, ExtentKind, SnapshotEntry, Volume};
 
 pub const BLOCK: u64 = 4096;
 
@@ -48,7 +48,9 @@ impl MemDevice {
     }
 }
 
-impl Device for MemDevice {
+impl Export for MemDevice {}
+
+impl BlockDevice for MemDevice {
     fn size(&self) -> u64 {
         self.bytes.read().unwrap().len() as u64
     }
@@ -82,7 +84,7 @@ impl Device for MemDevice {
         self.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let a = self.allocated.read().unwrap();
         let end = (offset + len).min(self.size());
         let mut out: Vec<Extent> = Vec::new();
@@ -91,12 +93,16 @@ impl Device for MemDevice {
             let data = a[(pos / BLOCK) as usize];
             let next = ((pos / BLOCK + 1) * BLOCK).min(end);
             match out.last_mut() {
-                Some(e) if e.data == data => e.length += next - pos,
-                _ => out.push(Extent {
-                    offset: pos,
-                    length: next - pos,
-                    data,
-                }),
+                Some(e) if e.kind.is_hole() != data => e.length += next - pos,
+                _ => out.push(Extent::new(
+                    pos,
+                    next - pos,
+                    if data {
+                        ExtentKind::Data
+                    } else {
+                        ExtentKind::Unallocated
+                    },
+                )),
             }
             pos = next;
         }
@@ -132,7 +138,9 @@ fn seek(fd: i32, off: u64, whence: i32) -> Option<u64> {
     (r >= 0).then_some(r as u64)
 }
 
-impl Device for FileDevice {
+impl Export for FileDevice {}
+
+impl BlockDevice for FileDevice {
     fn size(&self) -> u64 {
         self.size
     }
@@ -145,7 +153,7 @@ impl Device for FileDevice {
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
-    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let fd = self.file.as_raw_fd();
         let end = (offset + len).min(self.size);
         let mut out = Vec::new();
@@ -153,21 +161,13 @@ impl Device for FileDevice {
         while pos < end {
             let data_at = seek(fd, pos, libc::SEEK_DATA).unwrap_or(end).min(end);
             if data_at > pos {
-                out.push(Extent {
-                    offset: pos,
-                    length: data_at - pos,
-                    data: false,
-                });
+                out.push(Extent::new(pos, data_at - pos, ExtentKind::Unallocated));
             }
             if data_at >= end {
                 break;
             }
             let hole_at = seek(fd, data_at, libc::SEEK_HOLE).unwrap_or(end).min(end);
-            out.push(Extent {
-                offset: data_at,
-                length: hole_at - data_at,
-                data: true,
-            });
+            out.push(Extent::new(data_at, hole_at - data_at, ExtentKind::Data));
             pos = hole_at;
         }
         Ok(out)
@@ -177,7 +177,7 @@ impl Device for FileDevice {
 /// A disk: a head and snapshots, with a generation bumped by every snapshot change.
 pub struct TestSource {
     pub head: RwLock<Option<Arc<MemDevice>>>,
-    pub snaps: Mutex<Vec<(SnapshotEntry, Arc<dyn Device>)>>,
+    pub snaps: Mutex<Vec<(SnapshotEntry, Arc<dyn Export>)>>,
     pub generation: AtomicU64,
     pub writable: bool,
     next_id: AtomicU64,
@@ -208,11 +208,11 @@ impl TestSource {
         self.snapshot_at(name, SystemTime::now())
     }
 
-    pub fn add_snapshot(&self, name: &str, created: SystemTime, dev: Arc<dyn Device>) -> u64 {
+    pub fn add_snapshot(&self, name: &str, created: SystemTime, dev: Arc<dyn Export>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let entry = SnapshotEntry {
             name: name.into(),
-            id,
+            key: id,
             created,
             size: dev.size(),
         };
@@ -227,13 +227,16 @@ impl TestSource {
     }
 }
 
-impl MountSource for TestSource {
-    fn head(&self) -> Option<Arc<dyn Device>> {
+impl Volume for TestSource {
+    fn location(&self) -> String {
+        "test".into()
+    }
+    fn head(&self) -> Option<Arc<dyn Export>> {
         self.head
             .read()
             .unwrap()
             .clone()
-            .map(|d| d as Arc<dyn Device>)
+            .map(|d| d as Arc<dyn Export>)
     }
     fn head_writable(&self) -> bool {
         self.writable
@@ -247,7 +250,7 @@ impl MountSource for TestSource {
             .map(|(e, _)| e.clone())
             .collect())
     }
-    fn open_snapshot(&self, name: &str) -> io::Result<Arc<dyn Device>> {
+    fn open_snapshot(&self, name: &str) -> io::Result<Arc<dyn Export>> {
         self.snaps
             .lock()
             .unwrap()

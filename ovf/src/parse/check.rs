@@ -177,6 +177,15 @@ fn check_hardware(
 ) -> Result<()> {
     for hw in &sections.hardware {
         let ids: HashSet<&str> = hw.items.iter().map(|i| i.instance_id.as_str()).collect();
+        let mut plain_ids = HashSet::new();
+        for item in hw.items.iter().filter(|i| i.configurations.is_empty()) {
+            if !plain_ids.insert(item.instance_id.as_str()) {
+                cx.warn(format!(
+                    "VirtualSystem[@id={system:?}]/VirtualHardwareSection: several items share InstanceID {:?} without ovf:configuration; each is kept as its own device",
+                    item.instance_id
+                ));
+            }
+        }
         for item in &hw.items {
             let element = || {
                 format!(

@@ -17,6 +17,8 @@ pub(crate) struct Ctx<'a, 'input> {
     pub env_ns: &'static str,
     pub dialect: Dialect,
     pub warnings: Vec<String>,
+    /// Required sections this reader does not understand, in document order.
+    pub unsupported: Vec<crate::model::UnsupportedSection>,
 }
 
 impl<'a, 'input> Ctx<'a, 'input> {
@@ -34,6 +36,7 @@ impl<'a, 'input> Ctx<'a, 'input> {
             env_ns,
             dialect,
             warnings: Vec::new(),
+            unsupported: Vec::new(),
         }
     }
 

@@ -74,12 +74,12 @@ fn parse_system(cx: &Ctx, node: Node) -> SystemSettings {
     s
 }
 
-/// Whether `node` is a CIM property element (any CIM settings-data namespace, or unqualified
-/// as oVirt writes some of them).
+/// Whether `node` is a CIM property element (any CIM settings-data namespace, `.xsd`-suffixed
+/// as VirtualBox spells some, or unqualified as oVirt writes some of them).
 fn is_cim_property(node: Node) -> bool {
     match node.tag_name().namespace() {
         None => true,
-        Some(n) => n == ns::RASD || n == ns::EPASD || n == ns::SASD || n == ns::VSSD,
+        Some(n) => ns::is_cim_settings(n),
     }
 }
 

@@ -7,16 +7,21 @@
 pub(crate) mod check;
 mod ctx;
 mod hardware;
+mod limits;
 mod sections;
 
 use roxmltree::{Document, Node, ParsingOptions};
 
 use crate::encoding::decode_descriptor;
 use crate::error::{OvfError, Result};
-use crate::model::{Content, Dialect, Envelope, Sections, VirtualSystem, VirtualSystemCollection};
+use crate::model::{
+    Content, Dialect, Envelope, Sections, UnsupportedSection, VirtualSystem,
+    VirtualSystemCollection,
+};
 use crate::ns;
 
 pub(crate) use ctx::Ctx;
+pub use limits::{MAX_ATTRIBUTES_PER_ELEMENT, MAX_NAMESPACE_DECLARATIONS};
 
 /// Largest descriptor accepted (the largest real one seen, vCenter's, is 142 KB).
 pub const MAX_DESCRIPTOR_BYTES: u64 = 32 * 1024 * 1024;
@@ -32,6 +37,9 @@ pub struct ParsedDescriptor {
     pub envelope: Envelope,
     /// Human-readable notes: ignored elements, uninterpreted sections, dialect quirks.
     pub warnings: Vec<String>,
+    /// Required sections not understood (always empty from [`parse_descriptor`], which
+    /// refuses them).
+    pub unsupported_required: Vec<UnsupportedSection>,
 }
 
 /// Parses and validates a descriptor. `file` names it in errors and warnings.
@@ -41,6 +49,22 @@ pub struct ParsedDescriptor {
 /// unsafe hrefs, dangling references, required sections this reader does not understand.
 /// It does not check that referenced files exist: that is the package's job.
 pub fn parse_descriptor(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
+    let parsed = parse_descriptor_lenient(bytes, file)?;
+    if let Some(u) = parsed.unsupported_required.first() {
+        return Err(OvfError::RequiredSection {
+            file: file.to_owned(),
+            section: u.section.clone(),
+            location: u.location.clone(),
+        });
+    }
+    Ok(parsed)
+}
+
+/// [`parse_descriptor`] that describes a descriptor holding required sections this reader
+/// does not understand instead of refusing it: they are listed in
+/// [`ParsedDescriptor::unsupported_required`] (and kept in the model where they are
+/// sections). Everything else is refused as by [`parse_descriptor`].
+pub fn parse_descriptor_lenient(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
     let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
     if len > MAX_DESCRIPTOR_BYTES {
         return Err(OvfError::Limit {
@@ -51,6 +75,7 @@ pub fn parse_descriptor(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
         });
     }
     let text = decode_descriptor(file, bytes)?;
+    limits::check_xml_limits(&text, file)?;
     let opts = ParsingOptions {
         allow_dtd: false,
         nodes_limit: MAX_NODES,
@@ -94,6 +119,7 @@ pub fn parse_descriptor(bytes: &[u8], file: &str) -> Result<ParsedDescriptor> {
     Ok(ParsedDescriptor {
         envelope,
         warnings: cx.warnings,
+        unsupported_required: cx.unsupported,
     })
 }
 

@@ -8,10 +8,10 @@ use roxmltree::Node;
 use super::ctx::parse_bool;
 use super::hardware::parse_hardware;
 use super::Ctx;
-use crate::error::{OvfError, Result};
+use crate::error::Result;
 use crate::model::{
     DeploymentOption, Dialect, Eula, ExtensionSection, FileRef, Network, OperatingSystem, Product,
-    Property, Sections, StringBundle, Text, VirtualDisk,
+    Property, Sections, StringBundle, Text, UnsupportedSection, VirtualDisk,
 };
 use crate::ns;
 use crate::units::to_bytes;
@@ -238,8 +238,7 @@ pub(super) fn check_extension(cx: &mut Ctx, node: Node, location: &str) -> Resul
         return Ok(());
     }
     if cx.required(node) {
-        return Err(OvfError::RequiredSection {
-            file: cx.file.to_owned(),
+        cx.unsupported.push(UnsupportedSection {
             section: qualified(node),
             location: location.to_owned(),
         });
@@ -267,8 +266,7 @@ pub(super) fn parse_section(
             return Ok(());
         }
         if cx.required(node) {
-            return Err(OvfError::RequiredSection {
-                file: cx.file.to_owned(),
+            cx.unsupported.push(UnsupportedSection {
                 section: qualified(node),
                 location: location.to_owned(),
             });
@@ -311,8 +309,7 @@ pub(super) fn parse_section(
                     "{location}: oVirt section {n} kept but not interpreted"
                 ));
             } else if cx.required(node) {
-                return Err(OvfError::RequiredSection {
-                    file: cx.file.to_owned(),
+                cx.unsupported.push(UnsupportedSection {
                     section: n.to_owned(),
                     location: location.to_owned(),
                 });

@@ -5,14 +5,14 @@ use std::io;
 use std::path::Path;
 
 use vdisk_ovf::tar;
-use vdisk_vmdk::{Allocation, BlockSource, Extent};
+use vdisk_vmdk::{BlockDevice, Extent, ExtentKind};
 
 /// An in-memory disk: `Zero` where a 64 KiB block is all zeros, `Data` elsewhere.
 pub struct MemDisk(pub Vec<u8>);
 
 const BLK: u64 = 64 * 1024;
 
-impl BlockSource for MemDisk {
+impl BlockDevice for MemDisk {
     fn size(&self) -> u64 {
         self.0.len() as u64
     }
@@ -33,17 +33,13 @@ impl BlockSource for MemDisk {
             let next = ((at / BLK + 1) * BLK).min(end);
             let zero = self.0[at as usize..next as usize].iter().all(|b| *b == 0);
             let kind = if zero {
-                Allocation::Zero
+                ExtentKind::Zero
             } else {
-                Allocation::Data
+                ExtentKind::Data
             };
             match out.last_mut() {
                 Some(l) if l.kind == kind => l.length += next - at,
-                _ => out.push(Extent {
-                    offset: at,
-                    length: next - at,
-                    kind,
-                }),
+                _ => out.push(Extent::new(at, next - at, kind)),
             }
             at = next;
         }
@@ -69,7 +65,7 @@ pub fn patterned_disk(size: usize, seed: u64) -> MemDisk {
 }
 
 /// Reads a whole block source.
-pub fn read_all(src: &dyn BlockSource) -> Vec<u8> {
+pub fn read_all(src: &dyn BlockDevice) -> Vec<u8> {
     let mut v = vec![0u8; src.size() as usize];
     src.read_at(&mut v, 0).unwrap();
     v

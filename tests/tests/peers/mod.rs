@@ -156,10 +156,11 @@ impl Served {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(url) = line
-                    .split_whitespace()
-                    .find(|w| w.starts_with("nbd://") || w.starts_with("nbd+unix://"))
-                {
+                if let Some(url) = line.split_whitespace().find(|w| {
+                    w.starts_with("nbd://")
+                        || w.starts_with("nbds://")
+                        || w.starts_with("nbd+unix://")
+                }) {
                     let _ = tx.send(url.to_string());
                 }
                 let mut g = l.lock().unwrap();

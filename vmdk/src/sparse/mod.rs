@@ -10,10 +10,11 @@ pub use inflate::inflate_grain;
 pub use scan::scan_stream;
 
 use crate::error::{Result, VmdkError};
-use crate::source::{Allocation, ReadAt};
+use crate::source::ReadAt;
 use header::{MARKER_EOS, MARKER_FOOTER};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use vdisk_blockdev::ExtentKind;
 
 /// Largest grain directory accepted, in entries (64 TiB of 8 KiB grains).
 pub const MAX_GD_ENTRIES: u64 = 1 << 24;
@@ -226,6 +227,17 @@ impl SparseExtent {
         })
     }
 
+    /// Memory held by the grain directory and the table bookkeeping, in bytes (grain
+    /// tables themselves are cached with a fixed bound).
+    pub fn table_bytes(&self) -> u64 {
+        let index = match &self.index {
+            Index::Tables { gd } => gd.len() as u64 * 4,
+            // A BTreeMap entry of two u64 costs about twice its payload.
+            Index::Scanned { grains } => grains.len() as u64 * 32,
+        };
+        index + self.metadata.len() as u64 * 16
+    }
+
     /// Extent size in bytes (the header's capacity).
     pub fn capacity_bytes(&self) -> u64 {
         self.capacity_bytes
@@ -292,7 +304,7 @@ impl SparseExtent {
 
     /// Classifies `[offset, offset + max_len)` (extent-relative bytes): returns the kind at
     /// `offset` and how many bytes from there share it (at least 1, at most `max_len`).
-    pub fn probe(&self, offset: u64, max_len: u64) -> Result<(Allocation, u64)> {
+    pub fn probe(&self, offset: u64, max_len: u64) -> Result<(ExtentKind, u64)> {
         let grain = offset / self.grain_bytes;
         let mut run_end = (grain + 1) * self.grain_bytes;
         let kind = match &self.index {
@@ -305,7 +317,7 @@ impl SparseExtent {
                     .unwrap_or(0);
                 if gde == 0 {
                     run_end = (gd_index + 1) * per_gt * self.grain_bytes;
-                    Allocation::Unallocated
+                    ExtentKind::Unallocated
                 } else {
                     self.kind_of(self.lookup(grain)?)
                 }
@@ -320,11 +332,11 @@ impl SparseExtent {
         Ok((kind, len))
     }
 
-    fn kind_of(&self, loc: GrainLoc) -> Allocation {
+    fn kind_of(&self, loc: GrainLoc) -> ExtentKind {
         match loc {
-            GrainLoc::Unallocated => Allocation::Unallocated,
-            GrainLoc::Zero => Allocation::Zero,
-            GrainLoc::At(_) => Allocation::Data,
+            GrainLoc::Unallocated => ExtentKind::Unallocated,
+            GrainLoc::Zero => ExtentKind::Zero,
+            GrainLoc::At(_) => ExtentKind::Data,
         }
     }
 

@@ -3,16 +3,17 @@
 
 use super::sparse::file_name;
 use super::{
-    capacity_sectors, data_grain_runs, is_zero, make_descriptor, read_grains, report_progress,
-    WriteOptions, WriteReport, BATCH_GRAINS, GRAIN_BYTES, GT_COVERAGE,
+    capacity_sectors, data_grain_runs, make_descriptor, read_grains, report_progress, WriteOptions,
+    WriteReport, BATCH_GRAINS, GRAIN_BYTES, GT_COVERAGE,
 };
 use crate::descriptor::{Access, ExtentLine, ExtentType};
 use crate::error::{Result, VmdkError};
-use crate::source::BlockSource;
 use crate::sparse::SECTOR;
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
+use vdisk_blockdev::is_zero;
+use vdisk_blockdev::BlockDevice;
 
 /// The flat file name used for a descriptor at `dest`: `STEM-flat.vmdk`.
 pub fn flat_file_name(dest: &Path) -> String {
@@ -24,7 +25,7 @@ pub fn flat_file_name(dest: &Path) -> String {
 }
 
 pub(super) fn write_monolithic_flat(
-    source: &dyn BlockSource,
+    source: &dyn BlockDevice,
     dest: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteReport> {

@@ -13,11 +13,11 @@ pub use stream::write_stream_optimized;
 
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 use crate::error::{Result, VmdkError};
-use crate::source::{Allocation, BlockSource};
 use crate::sparse::SECTOR;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
+use vdisk_blockdev::{BlockDevice, ExtentKind};
 
 /// Grain size written, in sectors (64 KiB, as qemu and VMware write).
 pub const GRAIN_SECTORS: u64 = 128;
@@ -33,7 +33,7 @@ pub(crate) const BATCH_GRAINS: u64 = 16;
 /// Writes `source` as a VMDK at `dest` in `opts.subformat`. monolithicFlat also creates
 /// `STEM-flat.vmdk` beside `dest`.
 pub fn write_vmdk(
-    source: &dyn BlockSource,
+    source: &dyn BlockDevice,
     dest: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteReport> {
@@ -62,7 +62,7 @@ fn check_options(opts: &WriteOptions, dest: &Path) -> Result<()> {
 }
 
 /// Virtual size rounded up to whole sectors, in sectors.
-pub(crate) fn capacity_sectors(source: &dyn BlockSource, dest: &str) -> Result<u64> {
+pub(crate) fn capacity_sectors(source: &dyn BlockDevice, dest: &str) -> Result<u64> {
     let sectors = source.size().div_ceil(SECTOR);
     if sectors > crate::descriptor::MAX_CAPACITY_SECTORS {
         return Err(VmdkError::Write {
@@ -132,25 +132,10 @@ pub(crate) fn sparse_extent_line(sectors: u64, name: String) -> ExtentLine {
     }
 }
 
-/// Whether a buffer is all zeros (checked 64 bytes at a time).
-pub fn is_zero(buf: &[u8]) -> bool {
-    let mut chunks = buf.chunks_exact(64);
-    for c in &mut chunks {
-        let mut acc = 0u8;
-        for &b in c {
-            acc |= b;
-        }
-        if acc != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|&b| b == 0)
-}
-
 /// Runs `[first_grain, first_grain + count)` of grains that overlap `Data` in the window
 /// `[start, start + len)` of the source.
 pub(crate) fn data_grain_runs(
-    source: &dyn BlockSource,
+    source: &dyn BlockDevice,
     start: u64,
     len: u64,
 ) -> Result<Vec<(u64, u64)>> {
@@ -161,7 +146,7 @@ pub(crate) fn data_grain_runs(
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for e in extents
         .iter()
-        .filter(|e| e.kind == Allocation::Data && e.length > 0)
+        .filter(|e| e.kind == ExtentKind::Data && e.length > 0)
     {
         let first = e.offset / GRAIN_BYTES;
         let last = (e.end() - 1) / GRAIN_BYTES;
@@ -178,7 +163,7 @@ pub(crate) fn data_grain_runs(
 
 /// Reads `count` grains from `first`, zero-padded past the end of the source.
 pub(crate) fn read_grains(
-    source: &dyn BlockSource,
+    source: &dyn BlockDevice,
     first: u64,
     count: u64,
     buf: &mut Vec<u8>,
@@ -197,23 +182,5 @@ pub(crate) fn read_grains(
 pub(crate) fn report_progress(opts: &WriteOptions, done: u64, total: u64) {
     if let Some(p) = opts.progress {
         p(done.min(total), total);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_detection() {
-        let mut v = vec![0u8; 65536];
-        assert!(is_zero(&v));
-        v[65535] = 1;
-        assert!(!is_zero(&v));
-        v[65535] = 0;
-        v[3] = 1;
-        assert!(!is_zero(&v));
-        assert!(is_zero(&[0u8; 5]));
-        assert!(!is_zero(&[0, 0, 1]));
     }
 }

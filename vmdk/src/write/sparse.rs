@@ -2,23 +2,24 @@
 //! tables, GD and tables, grains from the first grain boundary on), written in one pass.
 
 use super::{
-    capacity_sectors, data_grain_runs, is_zero, make_descriptor, read_grains, report_progress,
+    capacity_sectors, data_grain_runs, make_descriptor, read_grains, report_progress,
     sparse_extent_line, WriteOptions, WriteReport, BATCH_GRAINS, GRAIN_BYTES, GRAIN_SECTORS,
     GTES_PER_GT, GT_COVERAGE,
 };
 use crate::error::{Result, VmdkError};
-use crate::source::BlockSource;
 use crate::sparse::header::{FLAG_NEWLINE_TEST, FLAG_REDUNDANT_GD, FLAG_ZEROED_GRAIN};
 use crate::sparse::{SparseHeader, SECTOR};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
+use vdisk_blockdev::is_zero;
+use vdisk_blockdev::BlockDevice;
 
 /// Sectors reserved for the embedded descriptor (as qemu does).
 const DESCRIPTOR_SECTORS: u64 = 20;
 
 pub(super) fn write_monolithic_sparse(
-    source: &dyn BlockSource,
+    source: &dyn BlockDevice,
     dest: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteReport> {

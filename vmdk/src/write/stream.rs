@@ -8,12 +8,11 @@
 
 use super::sparse::file_name;
 use super::{
-    capacity_sectors, data_grain_runs, is_zero, make_descriptor, read_grains, report_progress,
+    capacity_sectors, data_grain_runs, make_descriptor, read_grains, report_progress,
     sparse_extent_line, WriteOptions, WriteReport, BATCH_GRAINS, GRAIN_BYTES, GRAIN_SECTORS,
     GTES_PER_GT, GT_COVERAGE,
 };
 use crate::error::{Result, VmdkError};
-use crate::source::BlockSource;
 use crate::sparse::header::{
     COMPRESS_DEFLATE, FLAG_COMPRESSED, FLAG_MARKERS, FLAG_NEWLINE_TEST, MARKER_EOS, MARKER_FOOTER,
     MARKER_GD, MARKER_GT,
@@ -26,6 +25,8 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
+use vdisk_blockdev::is_zero;
+use vdisk_blockdev::BlockDevice;
 
 /// A batch of consecutive grains to compress.
 struct Job {
@@ -45,7 +46,7 @@ struct Done {
 
 /// Writes the source as a streamOptimized VMDK file at `dest`.
 pub(super) fn write_stream_file(
-    source: &dyn BlockSource,
+    source: &dyn BlockDevice,
     dest: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteReport> {
@@ -65,7 +66,7 @@ pub(super) fn write_stream_file(
 /// Writes the source as a streamOptimized VMDK to `out` without seeking (for OVA
 /// streaming) and returns the number of bytes written. `opts.subformat` is ignored.
 pub fn write_stream_optimized<W: Write>(
-    source: &dyn BlockSource,
+    source: &dyn BlockDevice,
     out: W,
     opts: &WriteOptions,
 ) -> Result<u64> {
@@ -97,7 +98,7 @@ impl<W: Write> Counted<W> {
 }
 
 fn stream_to<W: Write>(
-    source: &dyn BlockSource,
+    source: &dyn BlockDevice,
     out: W,
     opts: &WriteOptions,
     name: &str,

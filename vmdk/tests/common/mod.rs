@@ -4,7 +4,7 @@
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use vdisk_vmdk::{BlockSource, Extent};
+use vdisk_vmdk::{BlockDevice, Extent};
 
 /// The interop corpus (`VDISK_CORPUS`, default `../shared/corpus` from the workspace root).
 pub fn corpus() -> PathBuf {
@@ -15,7 +15,7 @@ pub fn corpus() -> PathBuf {
 }
 
 /// sha256 of the whole virtual content of `src`, read in 1 MiB pieces.
-pub fn sha256_of(src: &dyn BlockSource) -> String {
+pub fn sha256_of(src: &dyn BlockDevice) -> String {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
@@ -29,7 +29,7 @@ pub fn sha256_of(src: &dyn BlockSource) -> String {
 }
 
 /// The whole content of `src`.
-pub fn read_all(src: &dyn BlockSource) -> Vec<u8> {
+pub fn read_all(src: &dyn BlockDevice) -> Vec<u8> {
     let mut v = vec![0u8; src.size() as usize];
     src.read_at(&mut v, 0).unwrap();
     v
@@ -88,7 +88,7 @@ pub struct MemSource {
     pub map: Vec<Extent>,
 }
 
-impl BlockSource for MemSource {
+impl BlockDevice for MemSource {
     fn size(&self) -> u64 {
         self.data.len() as u64
     }
@@ -105,11 +105,7 @@ impl BlockSource for MemSource {
             .filter(|e| e.end() > offset && e.offset < end)
             .map(|e| {
                 let s = e.offset.max(offset);
-                Extent {
-                    offset: s,
-                    length: e.end().min(end) - s,
-                    kind: e.kind,
-                }
+                Extent::new(s, e.end().min(end) - s, e.kind)
             })
             .collect())
     }

@@ -1,19 +1,19 @@
-//! A sparse in-memory [`Export`]: the reference backend for tests, examples and benchmarks.
+//! [`MemDevice`]: a sparse RAM disk, the reference device for tests, examples and benches.
 
+use crate::device::{check_range, read_only_error, BlockDevice, Export};
+use crate::extent::{clip, push_kind, Extent, ExtentKind};
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
-use crate::export::{BlockFlags, Export, Extent};
-
-/// Allocation granularity of [`MemExport`].
+/// Allocation granularity of [`MemDevice`].
 pub const MEM_PAGE: u64 = 4096;
 
-/// A RAM disk allocated in 4 KiB pages: unwritten pages are holes that read as zeroes and
-/// are reported `HOLE|ZERO` by block status. Trim and write-zeroes (when allowed to trim)
-/// free whole pages. Flushes are counted so tests can see them.
-pub struct MemExport {
+/// A RAM disk allocated in 4 KiB pages: unwritten pages are holes that read as zeros and are
+/// reported [`ExtentKind::Unallocated`]. Zeroing and discard free whole pages. Flushes are
+/// counted so tests can see them.
+pub struct MemDevice {
     size: u64,
     read_only: bool,
     description: String,
@@ -21,10 +21,10 @@ pub struct MemExport {
     flushes: AtomicU64,
 }
 
-impl MemExport {
-    /// An empty (all holes) writable disk of `size` bytes.
-    pub fn new(size: u64) -> MemExport {
-        MemExport {
+impl MemDevice {
+    /// An empty (all holes) writable device of `size` bytes.
+    pub fn new(size: u64) -> MemDevice {
+        MemDevice {
             size,
             read_only: false,
             description: String::new(),
@@ -33,26 +33,26 @@ impl MemExport {
         }
     }
 
-    /// Makes the export refuse writes.
-    pub fn read_only(mut self, read_only: bool) -> MemExport {
+    /// Makes the device refuse writes.
+    pub fn read_only(mut self, read_only: bool) -> MemDevice {
         self.read_only = read_only;
         self
     }
 
-    /// Sets the description sent to clients.
-    pub fn with_description(mut self, description: impl Into<String>) -> MemExport {
+    /// Sets the description an export sends to clients.
+    pub fn with_description(mut self, description: impl Into<String>) -> MemDevice {
         self.description = description.into();
         self
     }
 
     /// Writes `data` at `offset` regardless of the read-only flag (to prepare test disks).
     pub fn fill(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.check(offset, data.len() as u64)?;
+        check_range(self.size, offset, data.len() as u64)?;
         self.write_pages(data, offset);
         Ok(())
     }
 
-    /// Number of completed [`Export::flush`] calls.
+    /// Number of completed [`BlockDevice::flush`] calls.
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Ordering::Acquire)
     }
@@ -65,14 +65,12 @@ impl MemExport {
             .len()
     }
 
-    fn check(&self, offset: u64, len: u64) -> io::Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("range {offset}+{len} beyond the {}-byte disk", self.size),
-            )),
+    fn writable(&self, op: &str, offset: u64, len: u64) -> io::Result<()> {
+        check_range(self.size, offset, len)?;
+        if self.read_only {
+            return Err(read_only_error(op));
         }
+        Ok(())
     }
 
     fn write_pages(&self, data: &[u8], offset: u64) {
@@ -90,7 +88,7 @@ impl MemExport {
         }
     }
 
-    /// Zeroes a range; whole pages are freed when `free` is true.
+    /// Zeroes a range: whole pages are freed (when `free`), partial ones cleared.
     fn zero_pages(&self, offset: u64, len: u64, free: bool) {
         let mut pages = self.pages.write().unwrap_or_else(PoisonError::into_inner);
         let end = offset + len;
@@ -110,7 +108,7 @@ impl MemExport {
     }
 }
 
-impl Export for MemExport {
+impl BlockDevice for MemDevice {
     fn size(&self) -> u64 {
         self.size
     }
@@ -120,7 +118,7 @@ impl Export for MemExport {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.check(offset, buf.len() as u64)?;
+        check_range(self.size, offset, buf.len() as u64)?;
         let pages = self.pages.read().unwrap_or_else(PoisonError::into_inner);
         let mut done = 0usize;
         while done < buf.len() {
@@ -136,29 +134,20 @@ impl Export for MemExport {
         Ok(())
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64, _fua: bool) -> io::Result<()> {
-        self.check(offset, buf.len() as u64)?;
-        if self.read_only {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
-        }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.writable("write", offset, buf.len() as u64)?;
         self.write_pages(buf, offset);
         Ok(())
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, may_trim: bool, _fua: bool) -> io::Result<()> {
-        self.check(offset, len)?;
-        if self.read_only {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
-        }
-        self.zero_pages(offset, len, may_trim);
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.writable("write_zeroes", offset, len)?;
+        self.zero_pages(offset, len, true);
         Ok(())
     }
 
-    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.check(offset, len)?;
-        if self.read_only {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
-        }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.writable("discard", offset, len)?;
         self.zero_pages(offset, len, true);
         Ok(())
     }
@@ -168,34 +157,39 @@ impl Export for MemExport {
         Ok(())
     }
 
-    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
-        self.check(offset, len)?;
-        if len == 0 {
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let Some((start, end)) = clip(offset, len, self.size) else {
             return Ok(Vec::new());
-        }
-        let pages = self.pages.read().unwrap_or_else(PoisonError::into_inner);
-        let end = offset + len;
-        let mut out: Vec<Extent> = Vec::new();
-        let mut push = |n: u64, flags: BlockFlags| match out.last_mut() {
-            Some(last) if last.1 == flags => last.0 += n,
-            _ => out.push((n, flags)),
         };
-        let mut pos = offset;
-        let first_page = offset / MEM_PAGE;
-        let last_page = (end - 1) / MEM_PAGE;
-        for (&page, _) in pages.range(first_page..=last_page) {
-            let page_start = (page * MEM_PAGE).max(offset);
-            if page_start > pos {
-                push(page_start - pos, BlockFlags::HOLE | BlockFlags::ZERO);
-            }
+        let pages = self.pages.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        let mut pos = start;
+        for (&page, _) in pages.range(start / MEM_PAGE..=(end - 1) / MEM_PAGE) {
+            let page_start = (page * MEM_PAGE).max(start);
             let page_end = ((page + 1) * MEM_PAGE).min(end);
-            push(page_end - page_start, BlockFlags::DATA);
+            push_kind(
+                &mut out,
+                Extent::new(pos, page_start - pos, ExtentKind::Unallocated),
+            );
+            push_kind(
+                &mut out,
+                Extent::new(page_start, page_end - page_start, ExtentKind::Data),
+            );
             pos = page_end;
         }
-        if pos < end {
-            push(end - pos, BlockFlags::HOLE | BlockFlags::ZERO);
-        }
+        push_kind(
+            &mut out,
+            Extent::new(pos, end - pos, ExtentKind::Unallocated),
+        );
         Ok(out)
+    }
+}
+
+impl Export for MemDevice {
+    fn write_zeroes_allocated(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.writable("write_zeroes", offset, len)?;
+        self.zero_pages(offset, len, false);
+        Ok(())
     }
 
     fn description(&self) -> String {
@@ -203,7 +197,7 @@ impl Export for MemExport {
     }
 
     fn can_multi_conn(&self) -> bool {
-        // One shared store, no per-connection cache.
+        // One shared store, no per-handle cache.
         true
     }
 
@@ -220,8 +214,9 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Write(u64, Vec<u8>),
-        Zero(u64, u64, bool),
-        Trim(u64, u64),
+        Zero(u64, u64),
+        Discard(u64, u64),
+        ZeroAllocated(u64, u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -231,33 +226,39 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 1..9000)
             )
                 .prop_map(|(o, d)| Op::Write(o, d)),
-            (0u64..60_000, 1u64..20_000, any::<bool>()).prop_map(|(o, l, t)| Op::Zero(o, l, t)),
-            (0u64..60_000, 1u64..20_000).prop_map(|(o, l)| Op::Trim(o, l)),
+            (0u64..60_000, 1u64..20_000).prop_map(|(o, l)| Op::Zero(o, l)),
+            (0u64..60_000, 1u64..20_000).prop_map(|(o, l)| Op::Discard(o, l)),
+            (0u64..60_000, 1u64..20_000).prop_map(|(o, l)| Op::ZeroAllocated(o, l)),
         ]
     }
 
     proptest! {
-        /// MemExport matches a flat byte model, and block status never calls data a zero hole.
+        /// MemDevice matches a flat byte model, and its map never calls data a hole.
         #[test]
         fn matches_a_flat_model(ops in proptest::collection::vec(op(), 1..20)) {
             const SIZE: u64 = 80_000;
-            let disk = MemExport::new(SIZE);
+            let disk = MemDevice::new(SIZE);
             let mut model = vec![0u8; SIZE as usize];
             for op in ops {
                 match op {
                     Op::Write(o, d) => {
                         let len = d.len().min((SIZE - o) as usize);
-                        disk.write_at(&d[..len], o, false).unwrap();
+                        disk.write_at(&d[..len], o).unwrap();
                         model[o as usize..o as usize + len].copy_from_slice(&d[..len]);
                     }
-                    Op::Zero(o, l, t) => {
+                    Op::Zero(o, l) => {
                         let l = l.min(SIZE - o);
-                        disk.write_zeroes(o, l, t, false).unwrap();
+                        disk.write_zeroes(o, l).unwrap();
                         model[o as usize..(o + l) as usize].fill(0);
                     }
-                    Op::Trim(o, l) => {
+                    Op::Discard(o, l) => {
                         let l = l.min(SIZE - o);
-                        disk.trim(o, l).unwrap();
+                        disk.discard(o, l).unwrap();
+                        model[o as usize..(o + l) as usize].fill(0);
+                    }
+                    Op::ZeroAllocated(o, l) => {
+                        let l = l.min(SIZE - o);
+                        disk.write_zeroes_allocated(o, l).unwrap();
                         model[o as usize..(o + l) as usize].fill(0);
                     }
                 }
@@ -265,25 +266,30 @@ mod tests {
             let mut all = vec![0u8; SIZE as usize];
             disk.read_at(&mut all, 0).unwrap();
             prop_assert!(all == model);
-            let extents = disk.block_status(1000, SIZE - 1000).unwrap();
-            prop_assert_eq!(extents.iter().map(|e| e.0).sum::<u64>(), SIZE - 1000);
-            let mut pos = 1000usize;
-            for (len, flags) in extents {
-                if flags.contains(BlockFlags::ZERO) {
-                    prop_assert!(model[pos..pos + len as usize].iter().all(|&b| b == 0));
+            let extents = disk.extents(1000, SIZE).unwrap();
+            prop_assert_eq!(extents.iter().map(|e| e.length).sum::<u64>(), SIZE - 1000);
+            let mut pos = 1000u64;
+            for e in extents {
+                prop_assert_eq!(e.offset, pos);
+                if e.kind.is_hole() {
+                    prop_assert!(crate::is_zero(&model[pos as usize..e.end() as usize]));
                 }
-                pos += len as usize;
+                pos = e.end();
             }
         }
     }
 
     #[test]
     fn read_only_refuses_writes() {
-        let disk = MemExport::new(8192).read_only(true);
-        assert!(disk.write_at(b"x", 0, false).is_err());
+        let disk = MemDevice::new(8192).read_only(true);
+        assert_eq!(
+            disk.write_at(b"x", 0).unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
         disk.fill(b"x", 0).unwrap();
         let mut b = [0u8; 1];
         disk.read_at(&mut b, 0).unwrap();
         assert_eq!(&b, b"x");
+        assert!(disk.read_at(&mut b, 8192).is_err());
     }
 }

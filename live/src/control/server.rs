@@ -1,8 +1,11 @@
-//! The control socket's listener: owner-only, bounded, stopped and removed on exit.
+//! The control socket's listener: owner-only, bounded, stopped and removed on exit. It
+//! serves any [`Service`] (one JSON line in, one JSON line out); a [`Writer`] is the
+//! bundle's service.
 
-use super::{addressable, ops, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST_BYTES};
-use crate::adapters::Writer;
-use anyhow::{Context, Result};
+use super::protocol::{parse_request, response, OpError};
+use super::{addressable, ControlError, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST_BYTES};
+use crate::bundle::Writer;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
@@ -17,6 +20,21 @@ use std::time::Duration;
 
 /// How often the accept loop looks at the stop flag.
 const POLL: Duration = Duration::from_millis(100);
+
+/// What answers on a control socket: one request line in, one response object out.
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request line (never empty).
+    fn answer(&self, line: &[u8]) -> Value;
+}
+
+impl Service for Writer {
+    fn answer(&self, line: &[u8]) -> Value {
+        match parse_request(line) {
+            Ok((req, id)) => response(super::ops::execute(self, req), id),
+            Err((e, id)) => response(Err(e), id),
+        }
+    }
+}
 
 /// A running control socket. [`stop`](ControlServer::stop) (or dropping it) stops accepting,
 /// lets requests in progress finish, and removes the socket file.
@@ -34,29 +52,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ControlServer {
-    /// Listens on `path` for requests on `writer`. The caller holds the writer lock, so a
-    /// socket file left there is stale (its writer died) and is replaced.
-    pub fn start(path: &Path, writer: Arc<Writer>) -> Result<ControlServer> {
-        let what = || format!("control socket {}", path.display());
+    /// Listens on `path` for requests to `service`. The caller holds the lock that makes it
+    /// the only server of this path, so a socket file left there is stale (its server died)
+    /// and is replaced. The socket is bound under umask 0177 (owner-only from its first
+    /// instant) and every peer's uid is checked.
+    pub fn start(path: &Path, service: Arc<dyn Service>) -> Result<ControlServer, ControlError> {
+        let err = |op: &'static str| {
+            let path = path.to_path_buf();
+            move |source| ControlError::Socket { path, op, source }
+        };
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                anyhow::bail!("{}: exists and is not a socket", what());
+                return Err(ControlError::NotASocket {
+                    path: path.to_path_buf(),
+                });
             }
-            std::fs::remove_file(path).with_context(|| format!("removing stale {}", what()))?;
+            std::fs::remove_file(path).map_err(err("remove the stale socket"))?;
         }
-        let (addr, _dir) = addressable(path).with_context(what)?;
-        let listener = UnixListener::bind(&addr).with_context(|| format!("binding {}", what()))?;
+        let (addr, _dir) = addressable(path).map_err(err("address"))?;
+        let listener = bind_private(&addr).map_err(err("bind"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod 0600 {}", what()))?;
-        let ino = std::fs::symlink_metadata(path).with_context(what)?.ino();
-        listener.set_nonblocking(true).with_context(what)?;
+            .map_err(err("chmod 0600"))?;
+        let ino = std::fs::symlink_metadata(path).map_err(err("stat"))?.ino();
+        listener
+            .set_nonblocking(true)
+            .map_err(err("set non-blocking"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = thread::Builder::new()
             .name("vdisk-control".into())
-            .spawn(move || accept_loop(&listener, &writer, &flag))
-            .with_context(what)?;
+            .spawn(move || accept_loop(&listener, &service, &flag))
+            .map_err(err("spawn the listener thread"))?;
         Ok(ControlServer {
             path: path.to_path_buf(),
             ino,
@@ -88,6 +115,18 @@ impl Drop for ControlServer {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Binds `addr` with the process umask set to 0177 for the call, so the socket file is
+/// never reachable by others, whatever the caller's umask.
+fn bind_private(addr: &Path) -> io::Result<UnixListener> {
+    // SAFETY: umask only swaps the process file-mode mask; it cannot fail. Other threads
+    // creating files in this instant get the stricter mask, which only narrows access.
+    let old = unsafe { libc::umask(0o177) };
+    let r = UnixListener::bind(addr);
+    // SAFETY: as above, restoring the caller's mask.
+    unsafe { libc::umask(old) };
+    r
 }
 
 /// The uid of the peer of a Unix stream.
@@ -126,7 +165,7 @@ fn wait_readable(fd: i32) {
     unsafe { libc::poll(&mut p, 1, ms) };
 }
 
-fn accept_loop(listener: &UnixListener, writer: &Arc<Writer>, stop: &AtomicBool) {
+fn accept_loop(listener: &UnixListener, service: &Arc<dyn Service>, stop: &AtomicBool) {
     // SAFETY: geteuid cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
     let conns: Conns = Arc::default();
@@ -168,11 +207,11 @@ fn accept_loop(listener: &UnixListener, writer: &Arc<Writer>, stop: &AtomicBool)
         if let Ok(clone) = stream.try_clone() {
             lock(&conns).insert(id, clone);
         }
-        let (w, c) = (Arc::clone(writer), Arc::clone(&conns));
+        let (w, c) = (Arc::clone(service), Arc::clone(&conns));
         match thread::Builder::new()
             .name("vdisk-control-conn".into())
             .spawn(move || {
-                serve(stream, &w);
+                serve(stream, w.as_ref());
                 lock(&c).remove(&id);
             }) {
             Ok(t) => threads.push(t),
@@ -193,17 +232,20 @@ fn accept_loop(listener: &UnixListener, writer: &Arc<Writer>, stop: &AtomicBool)
 
 fn refuse(mut stream: UnixStream, message: &str) {
     let code = if message.starts_with("busy") {
-        "busy"
+        super::protocol::ErrorCode::Busy
     } else {
-        "refused"
+        super::protocol::ErrorCode::Refused
     };
-    let r = serde_json::json!({"ok": false, "error": message, "code": code});
-    let _ = writeln!(stream, "{r}");
+    let e = OpError {
+        code,
+        message: message.to_string(),
+    };
+    let _ = writeln!(stream, "{}", response(Err(e), None));
 }
 
 /// Reads one line of at most `max` bytes. `Ok(None)` at a clean end of stream; an error
 /// when the line is longer.
-pub(crate) fn read_line(r: &mut impl BufRead, max: usize) -> io::Result<Option<Vec<u8>>> {
+pub fn read_line(r: &mut impl BufRead, max: usize) -> io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
     let limit = u64::try_from(max).unwrap_or(u64::MAX);
     let n = r.by_ref().take(limit).read_until(b'\n', &mut line)?;
@@ -221,7 +263,7 @@ pub(crate) fn read_line(r: &mut impl BufRead, max: usize) -> io::Result<Option<V
 }
 
 /// Answers the requests of one connection, in order, until it ends.
-fn serve(stream: UnixStream, writer: &Writer) {
+fn serve(stream: UnixStream, service: &dyn Service) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(mut out) = stream.try_clone() else {
         return;
@@ -231,11 +273,14 @@ fn serve(stream: UnixStream, writer: &Writer) {
         let resp = match read_line(&mut input, MAX_REQUEST_BYTES) {
             Ok(None) => return,
             Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Some(line)) => ops::answer(writer, &line),
+            Ok(Some(line)) => service.answer(&line),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let r = ops::error_response(&ops::OpError::bad_request(format!(
-                    "request too long (at most {MAX_REQUEST_BYTES} bytes)"
-                )));
+                let r = response(
+                    Err(OpError::bad_request(format!(
+                        "request too long (at most {MAX_REQUEST_BYTES} bytes)"
+                    ))),
+                    None,
+                );
                 let _ = writeln!(out, "{r}");
                 return;
             }
