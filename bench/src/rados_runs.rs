@@ -128,7 +128,10 @@ impl Bench<'_> {
         };
         let ops_s = num("ops/sec:")?;
         // "bytes/sec: 48 MiB/s" (the elapsed field is whole seconds: too coarse).
-        let i = f.iter().position(|w| *w == "bytes/sec:").context("rbd bench summary")?;
+        let i = f
+            .iter()
+            .position(|w| *w == "bytes/sec:")
+            .context("rbd bench summary")?;
         let v: f64 = f.get(i + 1).context("rbd bench summary")?.parse()?;
         let unit = match *f.get(i + 2).context("rbd bench summary")? {
             "B/s" => 1.0,
@@ -338,8 +341,10 @@ pub fn rados(opts: &Opts, rep: &mut Report) -> Result<()> {
         d.flush()?;
         vsw.push(size as f64 / t.elapsed().as_secs_f64() / MIB as f64);
         d.close()?;
+        b.store("bench-s", false)?.destroy()?;
         let spec = b.rbd_fresh("bench-s")?;
         rsw.push(b.rbd_bench(&spec, "write", MIB, "seq", size)?.1 / MIB as f64);
+        b.rbd(&["rm", "--no-progress", &spec])?;
         let d = Disk::open(b.store("bench-r", false)?)?;
         vsr.push(b.vdisk_seq_reads(&d)? / MIB as f64);
         d.close()?;

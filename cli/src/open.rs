@@ -57,7 +57,9 @@ fn rados_store(path: &Path) -> Result<RadosStore> {
 pub fn create_store(path: &Path) -> Result<Arc<dyn Store>> {
     if is_rados(path) {
         let s = rados_store(path)?;
-        if s.exists().with_context(|| format!("{}: cannot read", s.url()))? {
+        if s.exists()
+            .with_context(|| format!("{}: cannot read", s.url()))?
+        {
             anyhow::bail!("cannot create {}: a bundle of that name exists", s.url());
         }
         return Ok(Arc::new(s));
@@ -82,7 +84,10 @@ pub fn discard_created(path: &Path) {
 pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
     if is_rados(path) {
         let s = rados_store(path)?;
-        if !s.exists().with_context(|| format!("{}: cannot read", s.url()))? {
+        if !s
+            .exists()
+            .with_context(|| format!("{}: cannot read", s.url()))?
+        {
             anyhow::bail!(
                 "{}: not a vdisk bundle (no manifest; create one with `vdisk create`)",
                 s.url()

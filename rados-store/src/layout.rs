@@ -10,8 +10,8 @@ pub const STRIPE_BITS_RANGE: std::ops::RangeInclusive<u32> = 16..=26;
 pub const MAX_SIZE: u64 = 1 << 50;
 /// How far `hwm` may run past the length.
 pub const MAX_HWM_SLACK: u64 = 1 << 20;
-/// `hwm` is raised this far past the stripe that needs it.
-pub const HWM_STEP: u64 = 15;
+/// `hwm` is raised this far past the object that needs it.
+pub const HWM_STEP: u64 = 31;
 
 /// xattr of the head: the layout version.
 pub const XATTR_LAYOUT: &str = "vdisk.layout";
@@ -67,14 +67,125 @@ fn bad(what: &str, why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {why}"))
 }
 
+/// How a logical object maps onto RADOS objects (format-spec/rados.md §3): units of
+/// `2^unit_bits` bytes go round-robin to `count` objects of `2^object_bits` bytes, a set of
+/// `count` objects after another (RBD's "fancy striping").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Striping {
+    /// log2 of the RADOS object size.
+    pub object_bits: u32,
+    /// log2 of the stripe unit.
+    pub unit_bits: u32,
+    /// Objects a run of units is spread over.
+    pub count: u32,
+}
+
+/// One RADOS object's share of a logical byte range: where it goes in the object, and which
+/// pieces of the caller's buffer (position, length) it is, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Object number.
+    pub objno: u64,
+    /// Offset in the object.
+    pub offset: u64,
+    /// Bytes in total.
+    pub len: u64,
+    /// (buffer position, length) segments, contiguous in the object.
+    pub segs: Vec<(usize, usize)>,
+}
+
+impl Striping {
+    /// The striping of new objects: 64 KiB units over 8 objects of 4 MiB.
+    pub const DEFAULT: Striping = Striping {
+        object_bits: STRIPE_BITS,
+        unit_bits: 16,
+        count: 8,
+    };
+
+    /// Bytes of one object.
+    pub fn object_size(&self) -> u64 {
+        1 << self.object_bits
+    }
+
+    /// Bytes of a set of `count` objects.
+    pub fn set_size(&self) -> u64 {
+        u64::from(self.count) << self.object_bits
+    }
+
+    /// Object number and offset in it of logical byte `x`.
+    pub fn locate(&self, x: u64) -> (u64, u64) {
+        let unit = x >> self.unit_bits;
+        let within = x & ((1 << self.unit_bits) - 1);
+        let c = u64::from(self.count);
+        let (row, col) = (unit / c, unit % c);
+        let rows_per_object = 1u64 << (self.object_bits - self.unit_bits);
+        let (set, row_in) = (row / rows_per_object, row % rows_per_object);
+        (set * c + col, (row_in << self.unit_bits) + within)
+    }
+
+    /// Bytes of object `objno` that hold logical bytes below `len`.
+    pub fn needed(&self, objno: u64, len: u64) -> u64 {
+        let c = u64::from(self.count);
+        let (set, col) = (objno / c, objno % c);
+        let start = set * self.set_size();
+        if len <= start {
+            return 0;
+        }
+        let rel = len - start;
+        if rel >= self.set_size() {
+            return self.object_size();
+        }
+        let unit = 1u64 << self.unit_bits;
+        let row = unit * c;
+        let (full, rem) = (rel / row, rel % row);
+        full * unit + rem.saturating_sub(col * unit).min(unit)
+    }
+
+    /// The first object of the set holding logical byte `x`.
+    pub fn set_first_object(&self, x: u64) -> u64 {
+        (x / self.set_size()) * u64::from(self.count)
+    }
+
+    /// The objects' shares of `[off, off + len)`, each share one contiguous range of its
+    /// object, in the order of their first byte.
+    pub fn pieces(&self, off: u64, len: usize) -> Vec<Piece> {
+        let unit = 1u64 << self.unit_bits;
+        let mut out: Vec<Piece> = Vec::new();
+        let mut last: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        let mut pos = 0usize;
+        while pos < len {
+            let x = off + pos as u64;
+            let n = ((unit - (x & (unit - 1))) as usize).min(len - pos);
+            let (objno, o) = self.locate(x);
+            match last.get(&objno).copied() {
+                Some(i) if out[i].offset + out[i].len == o => {
+                    out[i].len += n as u64;
+                    out[i].segs.push((pos, n));
+                }
+                _ => {
+                    last.insert(objno, out.len());
+                    out.push(Piece {
+                        objno,
+                        offset: o,
+                        len: n as u64,
+                        segs: vec![(pos, n)],
+                    });
+                }
+            }
+            pos += n;
+        }
+        out
+    }
+}
+
 /// The `vdisk.object` record of stripe 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectMeta {
-    /// Stripe size exponent.
-    pub stripe_bits: u32,
+    /// How the object is striped.
+    pub striping: Striping,
     /// Durable length.
     pub size: u64,
-    /// Highest stripe index that may exist.
+    /// Highest object number that may exist.
     pub hwm: u64,
 }
 
@@ -82,7 +193,7 @@ impl ObjectMeta {
     /// A new, empty object.
     pub fn empty() -> ObjectMeta {
         ObjectMeta {
-            stripe_bits: STRIPE_BITS,
+            striping: Striping::DEFAULT,
             size: 0,
             hwm: 0,
         }
@@ -90,7 +201,12 @@ impl ObjectMeta {
 
     /// The xattr value.
     pub fn encode(&self) -> Vec<u8> {
-        format!("1 {} {} {}", self.stripe_bits, self.size, self.hwm).into_bytes()
+        let s = self.striping;
+        format!(
+            "1 {} {} {} {} {}",
+            s.object_bits, s.unit_bits, s.count, self.size, self.hwm
+        )
+        .into_bytes()
     }
 
     /// Parses and bounds-checks the xattr value; `what` names the stripe in errors.
@@ -98,35 +214,47 @@ impl ObjectMeta {
         let what = format!("{what} xattr {XATTR_OBJECT}");
         let s = std::str::from_utf8(b).map_err(|_| bad(&what, "not ASCII"))?;
         let f: Vec<&str> = s.split(' ').collect();
-        if f.len() != 4 || f[0] != "1" {
-            return Err(bad(&what, "not \"1 <stripe_bits> <size> <hwm>\""));
+        if f.len() != 6 || f[0] != "1" {
+            return Err(bad(
+                &what,
+                "not \"1 <object_bits> <unit_bits> <count> <size> <hwm>\"",
+            ));
         }
         let num = |x: &str, field: &str| {
             x.parse::<u64>()
                 .map_err(|_| bad(&what, &format!("{field} is not a number")))
         };
-        let bits = num(f[1], "stripe_bits")?;
-        let size = num(f[2], "size")?;
-        let hwm = num(f[3], "hwm")?;
-        if !STRIPE_BITS_RANGE.contains(&(bits as u32)) || bits > 26 {
-            return Err(bad(&what, "stripe_bits outside 16..=26"));
+        let object_bits = num(f[1], "object_bits")?;
+        let unit_bits = num(f[2], "unit_bits")?;
+        let count = num(f[3], "count")?;
+        let size = num(f[4], "size")?;
+        let hwm = num(f[5], "hwm")?;
+        if !(16..=26).contains(&object_bits) {
+            return Err(bad(&what, "object_bits outside 16..=26"));
+        }
+        if !(12..=object_bits).contains(&unit_bits) {
+            return Err(bad(&what, "unit_bits outside 12..=object_bits"));
+        }
+        if !(1..=64).contains(&count) {
+            return Err(bad(&what, "count outside 1..=64"));
         }
         if size > MAX_SIZE {
             return Err(bad(&what, "size above 2^50"));
         }
-        if hwm > (size >> bits) + MAX_HWM_SLACK {
+        let striping = Striping {
+            object_bits: object_bits as u32,
+            unit_bits: unit_bits as u32,
+            count: count as u32,
+        };
+        let objects_for_size = size.div_ceil(striping.set_size()) * count;
+        if hwm > objects_for_size + MAX_HWM_SLACK {
             return Err(bad(&what, "hwm far past the size"));
         }
         Ok(ObjectMeta {
-            stripe_bits: bits as u32,
+            striping,
             size,
             hwm,
         })
-    }
-
-    /// Stripe size in bytes.
-    pub fn stripe_size(&self) -> u64 {
-        1 << self.stripe_bits
     }
 }
 
@@ -192,23 +320,79 @@ mod tests {
     #[test]
     fn meta_round_trip_and_bounds() {
         let m = ObjectMeta {
-            stripe_bits: 22,
+            striping: Striping::DEFAULT,
             size: 123_456_789,
             hwm: 40,
         };
         assert_eq!(ObjectMeta::decode(&m.encode(), "x").unwrap(), m);
         for bad in [
             &b""[..],
-            b"2 22 0 0",
-            b"1 22 0",
-            b"1 12 0 0",
-            b"1 22 -1 0",
-            b"1 22 0 99999999",
-            b"1 22 2000000000000000 0",
-            b"1 22 0 0 0",
+            b"2 22 16 8 0 0",
+            b"1 22 16 8 0",
+            b"1 12 12 8 0 0",
+            b"1 22 23 8 0 0",
+            b"1 22 16 0 0 0",
+            b"1 22 16 8 -1 0",
+            b"1 22 16 8 0 99999999",
+            b"1 22 16 8 2000000000000000 0",
+            b"1 22 16 8 0 0 0",
         ] {
             assert!(ObjectMeta::decode(bad, "x").is_err(), "{:?}", bad);
         }
+    }
+
+    #[test]
+    fn striping_maps_every_byte_once() {
+        let s = Striping {
+            object_bits: 16,
+            unit_bits: 12,
+            count: 3,
+        };
+        // Every logical byte of three sets lands on a distinct (object, offset), within the
+        // object, and `needed` agrees with the bytes below each length.
+        let total = 3 * s.set_size();
+        let mut seen = std::collections::HashSet::new();
+        for x in (0..total).step_by(512) {
+            let (o, off) = s.locate(x);
+            assert!(off < s.object_size());
+            assert!(seen.insert((o, off)), "{x} maps where another byte does");
+        }
+        for len in [
+            0,
+            1,
+            4096,
+            4097,
+            12288,
+            70000,
+            s.set_size(),
+            s.set_size() + 5000,
+            total,
+        ] {
+            let mut want = [0u64; 9];
+            for x in 0..len {
+                let (o, off) = s.locate(x);
+                want[o as usize] = want[o as usize].max(off + 1);
+            }
+            for (o, w) in want.iter().enumerate() {
+                assert_eq!(s.needed(o as u64, len), *w, "object {o}, length {len}");
+            }
+        }
+        // Pieces cover the range exactly, each contiguous in its object.
+        let p = s.pieces(1000, 50_000);
+        let covered: usize = p.iter().map(|p| p.len as usize).sum();
+        assert_eq!(covered, 50_000);
+        for pc in &p {
+            let mut at = pc.offset;
+            for &(pos, n) in &pc.segs {
+                assert_eq!(s.locate(1000 + pos as u64), (pc.objno, at));
+                at += n as u64;
+            }
+        }
+        assert_eq!(
+            Striping::DEFAULT.pieces(0, 1 << 20).len(),
+            8,
+            "1 MiB: one piece per object"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use crate::cache;
 use crate::conn::{self, AioRead, Completion, WriteOp};
 use crate::ffi::CMPXATTR_GTE;
-use crate::layout::{self, ObjectMeta};
+use crate::layout::{self, ObjectMeta, Striping};
 use crate::store::{lock_mutex, Inner};
 use std::collections::HashMap;
 use std::io;
@@ -21,7 +21,7 @@ use vdisk_engine::store::Object;
 pub const MAX_INFLIGHT: usize = 64;
 
 struct Inflight {
-    stripe: u64,
+    /// Logical range the write lies within (a bound: a piece may skip other objects' units).
     start: u64,
     end: u64,
     comp: Completion,
@@ -44,7 +44,7 @@ pub(crate) struct StripedObject {
     inner: Arc<Inner>,
     name: String,
     base: String,
-    bits: u32,
+    striping: Striping,
     writable: bool,
     sealed: bool,
     /// Cache key of a sealed object.
@@ -66,10 +66,6 @@ fn fence_err(inner: &Inner, what: &str) -> io::Error {
 impl StripedObject {
     fn stripe(&self, k: u64) -> String {
         layout::stripe_oid(&self.base, k)
-    }
-
-    fn size(&self) -> u64 {
-        1 << self.bits
     }
 
     fn my_epoch(&self) -> u64 {
@@ -104,7 +100,7 @@ impl StripedObject {
         fenced.insert(0, inner.epoch.load(Ordering::SeqCst));
         Ok(StripedObject {
             name: name.to_string(),
-            bits: meta.stripe_bits,
+            striping: meta.striping,
             base,
             writable: true,
             sealed: false,
@@ -154,7 +150,7 @@ impl StripedObject {
         });
         let obj = StripedObject {
             name: name.to_string(),
-            bits: meta.stripe_bits,
+            striping: meta.striping,
             base,
             writable,
             sealed,
@@ -214,53 +210,64 @@ impl StripedObject {
         Ok(())
     }
 
-    /// Removes what lies past the durable length (stripes `size/S+1..=hwm`, the tail of the
-    /// stripe holding `size`), so growing the object again shows zeros there.
+    /// Removes what lies past the durable length (objects of later sets, the tails of the
+    /// objects of the set holding `size`), so growing the object again shows zeros there.
     fn clean_past_end(&self) -> io::Result<()> {
         let mut st = lock_mutex(&self.st);
-        let size = st.durable.size;
-        let last = size >> self.bits;
-        let mine = self.epoch_text();
-        let mut pending = Vec::new();
-        for k in (last + 1)..=st.durable.hwm {
-            let op = WriteOp::new(&self.inner.pool)
-                .cmpxattr(layout::XATTR_FENCE, CMPXATTR_GTE, mine.as_bytes())?
-                .remove();
-            pending.push((k, op.operate_async(&self.inner.pool, &self.stripe(k))?));
-        }
-        for (k, c) in pending {
-            match c.wait() {
-                Ok(_) => {
-                    st.fenced.remove(&k);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) if conn::errno_of(&e) == Some(libc::ECANCELED) => {
-                    return Err(fence_err(&self.inner, &format!("opening {}", self.name)))
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let tail = size - (last << self.bits);
-        let r = WriteOp::new(&self.inner.pool)
-            .cmpxattr(layout::XATTR_FENCE, CMPXATTR_GTE, mine.as_bytes())?
-            .truncate(tail)
-            .operate(&self.inner.pool, &self.stripe(last));
-        match r {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if conn::errno_of(&e) == Some(libc::ECANCELED) => {
-                return Err(fence_err(&self.inner, &format!("opening {}", self.name)))
-            }
-            Err(e) => return Err(e),
-        }
-        if st.durable.hwm > last {
+        let (size, hwm) = (st.durable.size, st.durable.hwm);
+        let new_hwm = self.cut(&mut st, size, hwm)?;
+        if new_hwm != hwm {
             let meta = ObjectMeta {
-                hwm: last,
+                hwm: new_hwm,
                 ..st.durable
             };
             self.write_meta(&mut st, meta)?;
         }
         Ok(())
+    }
+
+    /// Makes the RADOS objects hold nothing past logical length `len`: truncates the objects
+    /// of the set that holds `len`, removes those after it up to `hwm`. Returns the new hwm.
+    fn cut(&self, st: &mut State, len: u64, hwm: u64) -> io::Result<u64> {
+        let s = self.striping;
+        let first = s.set_first_object(len);
+        let mine = self.epoch_text();
+        let mut pending = Vec::new();
+        let mut new_hwm = 0;
+        for o in first..=hwm.max(first) {
+            let needed = s.needed(o, len);
+            let op = WriteOp::new(&self.inner.pool).cmpxattr(
+                layout::XATTR_FENCE,
+                CMPXATTR_GTE,
+                mine.as_bytes(),
+            )?;
+            let op = if needed == 0 && o != 0 {
+                op.remove()
+            } else {
+                new_hwm = new_hwm.max(o);
+                op.truncate(needed)
+            };
+            pending.push((
+                o,
+                needed,
+                op.operate_async(&self.inner.pool, &self.stripe(o))?,
+            ));
+        }
+        for (o, needed, c) in pending {
+            match c.wait() {
+                Ok(_) => {
+                    if needed == 0 && o != 0 {
+                        st.fenced.remove(&o);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if conn::errno_of(&e) == Some(libc::ECANCELED) => {
+                    return Err(fence_err(&self.inner, &format!("cutting {}", self.name)))
+                }
+                Err(e) => return Err(self.record(st, e)),
+            }
+        }
+        Ok(new_hwm.max(first.saturating_sub(1)).min(hwm.max(first)))
     }
 
     /// Records `meta` in stripe 0 (fenced like any write).
@@ -322,8 +329,15 @@ impl StripedObject {
         }
     }
 
-    /// Writes one piece within stripe `k`.
-    fn write_piece(&self, st: &mut State, k: u64, data: &[u8], off: u64) -> io::Result<()> {
+    /// Writes one piece within object `k`; `logical` bounds the bytes it covers.
+    fn write_piece(
+        &self,
+        st: &mut State,
+        k: u64,
+        data: &[u8],
+        off: u64,
+        logical: (u64, u64),
+    ) -> io::Result<()> {
         let mine_n = self.my_epoch();
         let mine = layout::epoch_text(mine_n);
         let pool = &self.inner.pool;
@@ -341,9 +355,8 @@ impl StripedObject {
                 .write(data, off);
             let comp = op.operate_async(pool, &oid)?;
             st.inflight.push(Inflight {
-                stripe: k,
-                start: off,
-                end: off + data.len() as u64,
+                start: logical.0,
+                end: logical.1,
                 comp,
             });
             if st.inflight.len() >= MAX_INFLIGHT {
@@ -390,42 +403,41 @@ impl StripedObject {
         )))
     }
 
-    /// Reads `[off, off+buf.len())` of the object (within its length) from the stripes,
-    /// zeros where a stripe or its tail is missing.
+    /// Reads `[off, off+buf.len())` of the object (within its length) from the RADOS
+    /// objects, zeros where an object or its tail is missing.
     fn read_stripes(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        let s = self.size();
-        let mut pieces: Vec<(usize, u64, u64, usize)> = Vec::new(); // (buf pos, stripe, offset, len)
-        let mut pos = 0usize;
-        while pos < buf.len() {
-            let at = off + pos as u64;
-            let k = at >> self.bits;
-            let so = at & (s - 1);
-            let n = ((s - so) as usize).min(buf.len() - pos);
-            pieces.push((pos, k, so, n));
-            pos += n;
+        let pieces = self.striping.pieces(off, buf.len());
+        if let [p] = pieces.as_slice() {
+            if let [(pos, n)] = p.segs.as_slice() {
+                let dst = &mut buf[*pos..*pos + *n];
+                let got = match self.inner.pool.read(&self.stripe(p.objno), dst, p.offset) {
+                    Ok(g) => g,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(e),
+                };
+                dst[got..].fill(0);
+                return Ok(());
+            }
         }
-        if pieces.len() == 1 {
-            let (_, k, so, n) = pieces[0];
-            let got = match self.inner.pool.read(&self.stripe(k), &mut buf[..n], so) {
-                Ok(g) => g,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-                Err(e) => return Err(e),
-            };
-            buf[got..n].fill(0);
-            return Ok(());
-        }
-        let reads: Vec<(usize, usize, AioRead)> = pieces
+        let reads: Vec<(&layout::Piece, AioRead)> = pieces
             .iter()
-            .map(|&(p, k, so, n)| Ok((p, n, self.inner.pool.aio_read(&self.stripe(k), n, so)?)))
+            .map(|p| {
+                let r =
+                    self.inner
+                        .pool
+                        .aio_read(&self.stripe(p.objno), p.len as usize, p.offset)?;
+                Ok((p, r))
+            })
             .collect::<io::Result<_>>()?;
-        for (p, n, r) in reads {
-            let dst = &mut buf[p..p + n];
-            match r.wait()? {
-                Some(d) => {
-                    dst[..d.len()].copy_from_slice(&d);
-                    dst[d.len()..].fill(0);
-                }
-                None => dst.fill(0),
+        for (p, r) in reads {
+            let data = r.wait()?.unwrap_or_default();
+            let mut at = 0usize;
+            for &(pos, n) in &p.segs {
+                let dst = &mut buf[pos..pos + n];
+                let have = data.len().saturating_sub(at).min(n);
+                dst[..have].copy_from_slice(&data[at..at + have]);
+                dst[have..].fill(0);
+                at += n;
             }
         }
         Ok(())
@@ -491,13 +503,7 @@ impl Object for StripedObject {
             let mut st = lock_mutex(&self.st);
             if self.writable {
                 // Reads see this handle's writes: wait for any in flight over the range.
-                let s = self.size();
-                let overlaps = st.inflight.iter().any(|f| {
-                    let fs = (f.stripe << self.bits) + f.start;
-                    let fe = (f.stripe << self.bits) + f.end;
-                    debug_assert!(f.end <= s);
-                    fs < end && offset < fe
-                });
+                let overlaps = st.inflight.iter().any(|f| f.start < end && offset < f.end);
                 if overlaps {
                     self.drain(&mut st)?;
                 }
@@ -515,8 +521,8 @@ impl Object for StripedObject {
             ));
         }
         match &self.cache_key {
-            Some(k) => self.read_cached(k, buf, offset, len),
-            None => self.read_stripes(buf, offset),
+            Some(k) if buf.len() <= cache::MAX_CACHED_READ => self.read_cached(k, buf, offset, len),
+            _ => self.read_stripes(buf, offset),
         }
     }
 
@@ -533,15 +539,20 @@ impl Object for StripedObject {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "write past 2^50"))?;
         let mut st = lock_mutex(&self.st);
         self.check_failed(&st)?;
-        let s = self.size();
-        let mut pos = 0usize;
-        while pos < buf.len() {
-            let at = offset + pos as u64;
-            let k = at >> self.bits;
-            let so = at & (s - 1);
-            let n = ((s - so) as usize).min(buf.len() - pos);
-            self.write_piece(&mut st, k, &buf[pos..pos + n], so)?;
-            pos += n;
+        for p in self.striping.pieces(offset, buf.len()) {
+            let (lpos, lend) = p.segs.iter().fold((usize::MAX, 0), |(a, b), &(pos, n)| {
+                (a.min(pos), b.max(pos + n))
+            });
+            let logical = (offset + lpos as u64, offset + lend as u64);
+            if let [(pos, n)] = p.segs.as_slice() {
+                self.write_piece(&mut st, p.objno, &buf[*pos..*pos + *n], p.offset, logical)?;
+            } else {
+                let mut data = Vec::with_capacity(p.len as usize);
+                for &(pos, n) in &p.segs {
+                    data.extend_from_slice(&buf[pos..pos + n]);
+                }
+                self.write_piece(&mut st, p.objno, &data, p.offset, logical)?;
+            }
         }
         st.len = st.len.max(end);
         Ok(())
@@ -596,37 +607,11 @@ impl Object for StripedObject {
             st.len = len;
             return Ok(());
         }
-        let last = if len == 0 { 0 } else { (len - 1) >> self.bits };
-        let mine = self.epoch_text();
-        let mut pending = Vec::new();
-        for k in (last + 1)..=st.durable.hwm.max(st.len >> self.bits) {
-            let op = WriteOp::new(&self.inner.pool)
-                .cmpxattr(layout::XATTR_FENCE, CMPXATTR_GTE, mine.as_bytes())?
-                .remove();
-            pending.push((k, op.operate_async(&self.inner.pool, &self.stripe(k))?));
-        }
-        for (k, c) in pending {
-            match c.wait() {
-                Ok(_) => {
-                    st.fenced.remove(&k);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.record(&mut st, e)),
-            }
-        }
-        let tail = len - (last << self.bits);
-        let r = WriteOp::new(&self.inner.pool)
-            .cmpxattr(layout::XATTR_FENCE, CMPXATTR_GTE, mine.as_bytes())?
-            .truncate(tail)
-            .operate(&self.inner.pool, &self.stripe(last));
-        match r {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(self.record(&mut st, e)),
-        }
+        let hwm = st.durable.hwm;
+        let new_hwm = self.cut(&mut st, len, hwm)?;
         let meta = ObjectMeta {
             size: len,
-            hwm: last,
+            hwm: new_hwm,
             ..st.durable
         };
         self.write_meta(&mut st, meta)?;

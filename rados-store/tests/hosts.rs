@@ -227,9 +227,9 @@ fn fenced_writer_changes_nothing(name: &str, clear_blocklist: bool) {
         c.ceph(&["osd", "blocklist", "clear"]).unwrap();
     }
     h.signal(libc::SIGCONT);
-    // The old writer overwrites its own data in place (a stripe the standby never wrote)
-    // and writes where the standby did.
-    let r1 = h.cmd(&format!("write {} 12 {}", 4 * MIB, MIB));
+    // The old writer overwrites its own data in place (guest cluster 65 lies in file unit 81,
+    // in a RADOS object the standby never wrote) and writes where the standby did.
+    let r1 = h.cmd(&format!("write {} 12 65536", 4 * MIB + 65536));
     let r2 = h.cmd(&format!("write {} 13 65536", 16 * MIB));
     eprintln!("fenced writer: {r1} / {r2}");
     assert!(r1.starts_with("ERR"), "fenced writer wrote at 4 MiB: {r1}");
