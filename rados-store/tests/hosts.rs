@@ -227,12 +227,13 @@ fn fenced_writer_changes_nothing(name: &str, clear_blocklist: bool) {
         c.ceph(&["osd", "blocklist", "clear"]).unwrap();
     }
     h.signal(libc::SIGCONT);
-    // The old writer overwrites its own data in place (guest cluster 65 lies in file unit 81,
-    // in a RADOS object the standby never wrote) and writes where the standby did.
-    let r1 = h.cmd(&format!("write {} 12 65536", 4 * MIB + 65536));
+    // The old writer overwrites its own data in place — guest cluster 69 lies in the file's
+    // 64 KiB unit 85 (data starts at 1 MiB), in RADOS object 5, which the standby never wrote
+    // (it wrote units 0, 176 and its map after them) — and writes where the standby did.
+    let r1 = h.cmd(&format!("write {} 12 65536", 69 * 65536));
     let r2 = h.cmd(&format!("write {} 13 65536", 16 * MIB));
     eprintln!("fenced writer: {r1} / {r2}");
-    assert!(r1.starts_with("ERR"), "fenced writer wrote at 4 MiB: {r1}");
+    assert!(r1.starts_with("ERR"), "fenced writer overwrote its own data: {r1}");
     assert!(r2.starts_with("ERR"), "fenced writer wrote at 16 MiB: {r2}");
     drop(h);
     // A third host sees exactly the standby's view.
