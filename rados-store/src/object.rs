@@ -37,6 +37,8 @@ struct State {
     inflight: Vec<Inflight>,
     /// A write that failed after returning: every later sync reports it.
     failed: Option<(i32, String)>,
+    /// Objects past this number did not exist when the handle was made.
+    absent_above: u64,
 }
 
 /// One logical object of a RADOS bundle.
@@ -111,6 +113,7 @@ impl StripedObject {
                 fenced,
                 inflight: Vec::new(),
                 failed: None,
+                absent_above: 0,
             }),
             inner,
         })
@@ -161,6 +164,7 @@ impl StripedObject {
                 fenced: HashMap::new(),
                 inflight: Vec::new(),
                 failed: None,
+                absent_above: u64::MAX,
             }),
             inner,
         };
@@ -169,6 +173,8 @@ impl StripedObject {
                 obj.refence_all(meta.hwm)?;
             }
             obj.clean_past_end()?;
+            let mut st = lock_mutex(&obj.st);
+            st.absent_above = st.durable.hwm;
         }
         Ok(obj)
     }
@@ -349,11 +355,22 @@ impl StripedObject {
             self.write_meta(st, meta)?;
         }
         let oid = self.stripe(k);
-        if st.fenced.get(&k) == Some(&mine_n) {
-            let op = WriteOp::new(pool)
-                .cmpxattr(layout::XATTR_FENCE, CMPXATTR_GTE, mine.as_bytes())?
-                .write(data, off);
-            let comp = op.operate_async(pool, &oid)?;
+        let known = st.fenced.get(&k) == Some(&mine_n);
+        // An object past the hwm this handle started from was never created (hwm is raised
+        // before an object past it is written): create it exclusively, stamped, without
+        // waiting. Should a fenced writer have created it meanwhile, the create fails and
+        // the failure is reported by the next sync.
+        let absent = !known && k > st.absent_above && !st.fenced.contains_key(&k);
+        if known || absent {
+            let op = if known {
+                WriteOp::new(pool).cmpxattr(layout::XATTR_FENCE, CMPXATTR_GTE, mine.as_bytes())?
+            } else {
+                WriteOp::new(pool)
+                    .create(true)
+                    .setxattr(layout::XATTR_FENCE, mine.as_bytes())?
+            };
+            let comp = op.write(data, off).operate_async(pool, &oid)?;
+            st.fenced.insert(k, mine_n);
             st.inflight.push(Inflight {
                 start: logical.0,
                 end: logical.1,

@@ -233,7 +233,10 @@ fn fenced_writer_changes_nothing(name: &str, clear_blocklist: bool) {
     let r1 = h.cmd(&format!("write {} 12 65536", 69 * 65536));
     let r2 = h.cmd(&format!("write {} 13 65536", 16 * MIB));
     eprintln!("fenced writer: {r1} / {r2}");
-    assert!(r1.starts_with("ERR"), "fenced writer overwrote its own data: {r1}");
+    assert!(
+        r1.starts_with("ERR"),
+        "fenced writer overwrote its own data: {r1}"
+    );
     assert!(r2.starts_with("ERR"), "fenced writer wrote at 16 MiB: {r2}");
     drop(h);
     // A third host sees exactly the standby's view.
