@@ -232,7 +232,7 @@ pub fn rados(opts: &Opts, rep: &mut Report) -> Result<()> {
     }
     let size = opts.image_size();
     let cfg = ClusterConfig {
-        memstore_bytes: 4 * size + (1 << 30),
+        memstore_bytes: 8 * size + (2 << 30),
         ..ClusterConfig::default()
     };
     eprintln!(
