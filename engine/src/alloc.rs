@@ -53,7 +53,7 @@ pub(crate) fn extents(src: &dyn AllocSource, offset: u64, len: u64) -> Result<Ve
         let (kind, depth) = match src.locate(c, s) {
             Loc::Unalloc => (ExtentKind::Unallocated, None),
             Loc::Zero => (ExtentKind::Zero, None),
-            Loc::Data { layer, .. } | Loc::Compressed { layer, .. } => {
+            Loc::Data { layer, .. } | Loc::Compressed { layer, .. } | Loc::Damaged { layer } => {
                 (ExtentKind::Data, Some(src.depth_of(layer)))
             }
         };

@@ -1,15 +1,19 @@
 //! `check`: verify every structure and checksum of a bundle and report problems precisely.
 //!
 //! Works without the writer lock and changes nothing. A state that recovery handles (a torn
-//! journal tail, an interrupted snapshot, garbage objects) is a note, not a problem.
+//! journal tail, an interrupted snapshot, garbage objects, a manifest copy one generation
+//! behind) is a note, not a problem. Damage is a problem, named by object and structure,
+//! also when a good copy makes it harmless: `repair` then rebuilds it from that copy.
 
-use crate::disk::read_manifest;
+use crate::bundle::{read_manifest_detailed, MANIFEST_COPY};
 use crate::error::{Error, Result};
 use crate::format::manifest::{journal_name, LayerRecord, Manifest};
-use crate::format::map::MapEntry;
 use crate::format::Geometry;
-use crate::layer::data::{check_entry_bounds, read_externs, read_map, replay_journal};
-use crate::layer::{hash_entries, read_header};
+use crate::layer::data::{
+    check_entry_bounds, is_fresh, read_externs, read_hash_table, read_map, replay_journal,
+    source_indexes,
+};
+use crate::layer::{hash_entries_plain, read_header};
 use crate::store::{Object, Store};
 use serde::Serialize;
 use std::io;
@@ -41,6 +45,9 @@ pub struct CheckReport {
     pub clusters_verified: u64,
     /// Bytes of data hashed.
     pub bytes_verified: u64,
+    /// Layers `repair` would rewrite (a damaged copy, a damaged hash table, version 1).
+    #[serde(skip)]
+    pub(crate) rewrite: Vec<(LayerRecord, bool)>,
 }
 
 impl CheckReport {
@@ -68,13 +75,18 @@ impl CheckReport {
             Error::Missing { object } => {
                 self.problem(&object, "object", "missing (named by the manifest)")
             }
+            Error::Damaged { object, reason } => self.problem(&object, "damaged", reason),
+            Error::Corrupt {
+                object,
+                context,
+                guest_offset,
+            } => self.problem(
+                &object,
+                format!("data at guest offset {guest_offset}"),
+                format!("does not match its recorded blake3 ({context})"),
+            ),
             other => {
-                let mut msg = other.to_string();
-                let mut src = std::error::Error::source(&other);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
+                let msg = crate::error::chain(&other);
                 self.problem(object, "io", msg)
             }
         }
@@ -93,8 +105,18 @@ pub fn check_with_progress(store: &dyn Store, progress: &dyn Fn(usize, usize)) -
         bundle: store.location(),
         ..Default::default()
     };
-    let m = match read_manifest(store) {
-        Ok(m) => m,
+    let m = match read_manifest_detailed(store) {
+        Ok((m, how)) => {
+            if let Some(why) = how.primary_damaged {
+                r.problem(
+                    "manifest",
+                    "manifest",
+                    format!("damaged ({why}); {MANIFEST_COPY} is good and was used: `check --repair` rewrites the manifest from it"),
+                );
+            }
+            r.notes.extend(how.copy_note);
+            m
+        }
         Err(e) => {
             r.record_error("manifest", e);
             return r;
@@ -151,10 +173,18 @@ fn check_layer(
         Ok(o) => o,
         Err(e) => return r.record_error(name, e),
     };
+    let is_active = rec.id == m.active_layer;
     let (h, _, _, len) = match read_header(&obj) {
         Ok(x) => x,
+        Err(_) if is_active && is_fresh(store, &obj, name) => {
+            r.notes.push(format!(
+                "{name}: a new active layer whose creation was not synced before a crash (empty; the next writer initialises it)"
+            ));
+            return;
+        }
         Err(e) => return r.record_error(name, e),
     };
+    let mut rewrite = false;
     note_slots(&obj, &h, name, r);
     if h.layer_id != rec.id {
         r.problem(
@@ -171,7 +201,11 @@ fn check_layer(
         );
         return;
     }
-    let is_active = rec.id == m.active_layer;
+    if h.version == 1 && rec.sealed {
+        r.notes.push(format!(
+            "{name}: written by format version 1 (one copy of each region); `check --repair` rewrites it with copies"
+        ));
+    }
     if rec.sealed && !h.sealed {
         r.problem(
             name,
@@ -188,6 +222,11 @@ fn check_layer(
         Ok(x) => x,
         Err(e) => return r.record_error(name, e),
     };
+    for b in &externs.bad {
+        r.problem(name, "extern table", format!("{b}; the other copy is good"));
+        rewrite = true;
+    }
+    let externs = externs.value;
     if let Some(missing) = externs.iter().find(|n| !rec.externs.contains(n)) {
         r.problem(
             name,
@@ -206,29 +245,18 @@ fn check_layer(
             Err(e) => return r.record_error(name, e),
         }
     }
-    let mut entries = match read_map(&obj, &h) {
+    let map = match read_map(&obj, &h) {
         Ok(e) => e,
         Err(e) => return r.record_error(name, e),
     };
+    for b in &map.bad {
+        r.problem(name, "map", format!("{b}; the other copy is good"));
+        rewrite = true;
+    }
+    let mut entries = map.value;
     if is_active {
-        match replay_journal(store, name, &h) {
-            Ok((replayed, note)) => {
-                if let Some(n) = note {
-                    r.notes.push(n);
-                }
-                if !replayed.is_empty() {
-                    let mut map: std::collections::BTreeMap<u64, MapEntry> =
-                        entries.iter().map(|e| (e.guest_cluster, *e)).collect();
-                    for e in replayed {
-                        if e.is_void() {
-                            map.remove(&e.guest_cluster);
-                        } else {
-                            map.insert(e.guest_cluster, e);
-                        }
-                    }
-                    entries = map.into_values().collect();
-                }
-            }
+        match replay_journal(store, name, &h, &mut entries) {
+            Ok(note) => r.notes.extend(note),
             Err(e) => r.record_error(&journal_name(name), e),
         }
     }
@@ -242,13 +270,15 @@ fn check_layer(
     }
     // Own data must not overlap the header slots, the metadata regions or other entries.
     let mut regions: Vec<(u64, u64, String)> = vec![(0, 8192, "header slots".into())];
-    for (what, reg) in [
-        ("map", h.map_region()),
-        ("hash table", h.hash_region()),
-        ("extern table", h.extern_region()),
+    for (what, copies) in [
+        ("map", h.map_copies()),
+        ("hash table", h.hash_copies()),
+        ("extern table", h.extern_copies()),
     ] {
-        if reg.len > 0 {
-            regions.push((reg.offset, reg.end(), what.into()));
+        for (i, reg) in copies.iter().enumerate() {
+            if reg.len > 0 {
+                regions.push((reg.offset, reg.end(), format!("{what} copy {}", i + 1)));
+            }
         }
     }
     for e in entries.iter().filter(|e| e.file_index == 0) {
@@ -271,20 +301,31 @@ fn check_layer(
         }
     }
     let _ = len;
-    if rec.sealed && h.sealed && bounds_ok {
-        let layer = crate::layer::LayerData {
-            id: rec.id,
-            file_name: name.to_string(),
-            header: h.clone(),
-            files: files.clone(),
-            entries: entries.clone(),
-            journal_note: None,
+    if !bounds_ok {
+        return;
+    }
+    if rec.sealed && h.sealed {
+        let table = match read_hash_table(&obj, &h) {
+            Ok(t) => t,
+            Err(e) => {
+                r.problem(
+                    name,
+                    "hash table",
+                    format!(
+                        "damaged on every copy ({}): its data reads unverified; `check --repair` rebuilds the hashes from the data",
+                        crate::error::chain(&e)
+                    ),
+                );
+                r.rewrite.push((rec.clone(), true));
+                return;
+            }
         };
-        let stored = match layer.read_hashes() {
-            Ok(x) => x,
-            Err(e) => return r.record_error(name, e),
-        };
-        match hash_entries(&files, &entries, g) {
+        for b in &table.bad {
+            r.problem(name, "hash table", format!("{b}; the other copy is good"));
+            rewrite = true;
+        }
+        let stored = table.value;
+        match hash_entries_plain(&files, &entries, g) {
             Ok(computed) => {
                 for ((e, a), b) in entries.iter().zip(&computed).zip(&stored) {
                     if a != b {
@@ -305,10 +346,40 @@ fn check_layer(
             }
             Err(e) => r.record_error(name, e),
         }
+        if rewrite || h.version == 1 {
+            r.rewrite.push((rec.clone(), false));
+        }
+    } else if is_active {
+        // The active layer has no hashes; what it references in externs is verified against
+        // the externs' own hashes (chain.md §2).
+        let referencing: Vec<_> = entries
+            .iter()
+            .filter(|e| e.file_index != 0 && e.alloc != 0)
+            .copied()
+            .collect();
+        if !referencing.is_empty() {
+            match source_indexes(&files, &referencing, g) {
+                Ok(src) => {
+                    let mut scratch = Vec::new();
+                    for e in &referencing {
+                        if let Some(s) = src.get(&e.file_index) {
+                            match s.read_verified(e, &mut scratch, "check of the head") {
+                                Ok(()) => r.clusters_verified += 1,
+                                Err(err) => r.record_error(name, err),
+                            }
+                        }
+                    }
+                }
+                Err(e) => r.record_error(name, e),
+            }
+        }
+        if rewrite {
+            r.rewrite.push((rec.clone(), false));
+        }
     }
 }
 
-/// Note a header slot that is damaged or out of date while its twin is used.
+/// Note a header slot that is out of date while its twin is used; report a damaged one.
 fn note_slots(
     obj: &Arc<dyn Object>,
     current: &crate::format::LayerHeader,
@@ -334,10 +405,14 @@ fn note_slots(
                     ));
                 }
             }
-            Err(e) => r.notes.push(format!(
-                "{name}: header slot {label} is damaged ({}: {}); its twin is used",
-                e.field, e.reason
-            )),
+            Err(e) => r.problem(
+                name,
+                format!("header slot {label}"),
+                format!(
+                    "damaged ({}: {}); its twin is used: `check --repair` rewrites it",
+                    e.field, e.reason
+                ),
+            ),
         }
     }
 }
@@ -353,9 +428,13 @@ pub struct RepairReport {
 
 /// Repair what can be repaired without losing data, then check again:
 /// - open as the writer: journal replay and checkpoint, an interrupted snapshot unsealed,
-///   garbage objects removed (format-spec/recovery.md §5);
-/// - a damaged or out-of-date header slot rewritten from its valid twin (same header, next
-///   generation), so the layer survives a later damage of the other slot.
+///   garbage objects removed (format-spec/recovery.md §5); the active layer's map and extern
+///   table rewritten with both copies;
+/// - the manifest or its copy rewritten from the good one;
+/// - a damaged or out-of-date header slot rewritten from its valid twin;
+/// - a sealed layer with a damaged copy of a region, or written by version 1, rewritten into
+///   a new file from the good copy (merge.md §5); one whose hash table is damaged on every
+///   copy rewritten with hashes rebuilt from its data (said in the actions).
 ///
 /// Damaged data (a blake3 mismatch) cannot be repaired here and stays reported.
 pub fn repair(store: Arc<dyn Store>) -> Result<RepairReport> {
@@ -366,13 +445,19 @@ pub fn repair(store: Arc<dyn Store>) -> Result<RepairReport> {
         if let Some(n) = d.recovery_note() {
             actions.push(n);
         }
+        d.rewrite_head_metadata()?;
         d.close()?;
         actions.push(
             "opened as the writer: journal replayed and checkpointed, garbage removed".into(),
         );
     }
     let _maint = crate::disk::lock_maintenance(store.as_ref())?;
-    let m = read_manifest(store.as_ref())?;
+    // The manifest and its copy: the next replace writes both.
+    let (m, how) = read_manifest_detailed(store.as_ref())?;
+    if how.primary_damaged.is_some() || how.copy_note.is_some() {
+        let (_, ()) = crate::disk::update_manifest_locked(store.as_ref(), |_| Ok(()))?;
+        actions.push("manifest and manifest.copy rewritten".into());
+    }
     for rec in &m.layers {
         let obj = store
             .open_object(&rec.file, true)
@@ -405,6 +490,24 @@ pub fn repair(store: Arc<dyn Store>) -> Result<RepairReport> {
         ));
     }
     drop(_maint);
+    // Sealed layers with a damaged copy (or of version 1): rewritten from the good copy.
+    let before = check(store.as_ref());
+    for (rec, rehash) in &before.rewrite {
+        if !rec.sealed {
+            continue;
+        }
+        let done = crate::compact::rewrite_layer(store.as_ref(), rec.id, *rehash)?;
+        actions.push(format!(
+            "{}: rewritten into {} with both copies of every region{}",
+            rec.file,
+            done,
+            if *rehash {
+                " and hashes rebuilt from its data (they were lost: not verified)"
+            } else {
+                ""
+            }
+        ));
+    }
     Ok(RepairReport {
         actions,
         check: check(store.as_ref()),

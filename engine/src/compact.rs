@@ -72,37 +72,73 @@ fn worth_it(l: &LayerData, rec: &LayerRecord, opts: &CompactOptions) -> bool {
 }
 
 /// Rewrite one sealed layer into a new file; returns (data, new file name, compressed count).
+/// Every cluster is verified against its hash while copied; with `rehash` (a layer whose hash
+/// table is lost on every copy) the hashes are computed from the data instead.
 fn rewrite(
     store: &dyn Store,
     g: Geometry,
     l: &LayerData,
     level: Option<i32>,
+    rehash: bool,
 ) -> Result<(LayerData, String, u64)> {
     let file = next_file_name(&l.file_name, l.id);
+    let hashes = match l.hashes() {
+        Some(h) => Some(h.to_vec()),
+        None if rehash => None,
+        None => {
+            return Err(Error::Damaged {
+                object: l.file_name.clone(),
+                reason: format!(
+                    "hash table: {} (compaction verifies every cluster; `check --repair` rebuilds the hashes)",
+                    l.hash_problem().unwrap_or("unavailable")
+                ),
+            })
+        }
+    };
     let mut w = LayerWriter::create(store, &file, l.id, g)?;
-    let hashes = l.read_hashes()?;
+    let result = copy_clusters(&mut w, g, l, level, hashes.is_some());
+    let (out, computed, compressed) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            drop(w);
+            let _ = store.remove_object(&file);
+            return Err(e);
+        }
+    };
+    let hashes = hashes.unwrap_or(computed);
+    let data = w.finish(out, &hashes, &[], Vec::new(), l.header.created_ns)?;
+    Ok((data, file, compressed))
+}
+
+/// Copy every cluster of `l` into `w` (verified unless `!verified`), returning the new map,
+/// the hashes of what was copied and the count of compressed clusters.
+fn copy_clusters(
+    w: &mut LayerWriter,
+    g: Geometry,
+    l: &LayerData,
+    level: Option<i32>,
+    verified: bool,
+) -> Result<(Vec<MapEntry>, Vec<[u8; 32]>, u64)> {
     let sub = g.subcluster_size() as usize;
     let mut out = Vec::with_capacity(l.entries.len());
+    let mut hashes = Vec::with_capacity(l.entries.len());
     let mut compressed = 0u64;
     const BATCH: usize = 256;
+    let context = format!("compaction of {}", l.file_name);
     for (batch_no, batch) in l.entries.chunks(BATCH).enumerate() {
         // Read and verify the batch, then (optionally) compress it on every core.
         let mut clusters: Vec<(MapEntry, Vec<u8>)> = Vec::with_capacity(batch.len());
         for (k, e) in batch.iter().enumerate() {
             let mut data = Vec::new();
             if e.alloc != 0 {
-                read_entry_data(&l.files, e, &g, &mut data)?;
-                let want = hashes.get(batch_no * BATCH + k).copied().unwrap_or([0; 32]);
-                if *blake3::hash(&data).as_bytes() != want {
-                    let _ = store.remove_object(&file);
-                    return Err(Error::Checksum {
-                        object: l.file_name.clone(),
-                        field: format!(
-                            "hash of guest cluster {} (compaction stopped; run check)",
-                            e.guest_cluster
-                        ),
-                    });
+                if verified {
+                    l.read_verified(batch_no * BATCH + k, &mut data, &context)?;
+                } else {
+                    read_entry_data(&l.files, e, &g, &mut data)?;
                 }
+                hashes.push(*blake3::hash(&data).as_bytes());
+            } else {
+                hashes.push([0; 32]);
             }
             clusters.push((*e, data));
         }
@@ -150,8 +186,7 @@ fn rewrite(
             out.push(ne);
         }
     }
-    let data = w.finish(out, &hashes, &[], Vec::new(), l.header.created_ns)?;
-    Ok((data, file, compressed))
+    Ok((out, hashes, compressed))
 }
 
 /// Compress each cluster (zeros where its alloc bit is clear); `None` where it doesn't pay.
@@ -204,13 +239,9 @@ pub fn compact(store: &dyn Store, opts: &CompactOptions) -> Result<(CompactRepor
     let g = Geometry::from_sizes(m.virtual_size, m.cluster_size, m.subcluster_size)
         .map_err(|e| e.in_object("manifest"))?;
     if let Some(id) = opts.layer {
-        let rec = m
-            .layer(id)
-            .ok_or_else(|| Error::InvalidArgument(format!("no layer {id}")))?;
+        let rec = m.layer(id).ok_or(Error::LayerNotFound(id))?;
         if !rec.sealed {
-            return Err(Error::InvalidArgument(
-                "the active layer is compacted once it is sealed: take a snapshot first".into(),
-            ));
+            return Err(Error::LayerNotSealed(id));
         }
     }
     let targets: Vec<LayerRecord> = m
@@ -226,14 +257,12 @@ pub fn compact(store: &dyn Store, opts: &CompactOptions) -> Result<(CompactRepor
             continue;
         }
         let live_before = m.live_objects();
-        let (new, file, compressed) = rewrite(store, g, &l, opts.compress)?;
+        let (new, file, compressed) = rewrite(store, g, &l, opts.compress, false)?;
         let new_bytes = new.files[0].len().unwrap_or(0);
         let id = rec.id;
         let file2 = file.clone();
         let (m2, ()) = update_manifest_locked(store, move |m| {
-            let r = m
-                .layer_mut(id)
-                .ok_or_else(|| Error::InvalidArgument(format!("layer {id} vanished")))?;
+            let r = m.layer_mut(id).ok_or(Error::LayerNotFound(id))?;
             r.file = file2;
             r.externs.clear();
             Ok(())
@@ -266,6 +295,31 @@ pub fn compact(store: &dyn Store, opts: &CompactOptions) -> Result<(CompactRepor
         m = m2;
     }
     Ok((report, m))
+}
+
+/// Rewrite sealed layer `id` into a new file with both copies of every region, from the good
+/// copy of each (`check --repair`, merge.md §5); with `rehash`, hashes are computed from the
+/// data (its hash table is lost). Returns the new file's name.
+pub(crate) fn rewrite_layer(store: &dyn Store, id: Id, rehash: bool) -> Result<String> {
+    let _maint = lock_maintenance(store)?;
+    let m = read_manifest(store)?;
+    let g = Geometry::from_sizes(m.virtual_size, m.cluster_size, m.subcluster_size)
+        .map_err(|e| e.in_object("manifest"))?;
+    let rec = m.layer(id).cloned().ok_or(Error::LayerNotFound(id))?;
+    if !rec.sealed {
+        return Err(Error::LayerNotSealed(id));
+    }
+    let l = LayerData::open(store, &rec, &g)?;
+    let level = l.entries.iter().any(|e| e.compressed_len != 0).then_some(3);
+    let (_, file, _) = rewrite(store, g, &l, level, rehash)?;
+    let file2 = file.clone();
+    update_manifest_locked(store, move |m| {
+        let r = m.layer_mut(id).ok_or(Error::LayerNotFound(id))?;
+        r.file = file2;
+        r.externs.clear();
+        Ok(())
+    })?;
+    Ok(file)
 }
 
 impl Disk {

@@ -4,7 +4,7 @@
 //! interface.
 
 use crate::disk::Disk;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::view::View;
 use std::io;
 use vdisk_blockdev::{clip, BlockDevice, Export, Extent};
@@ -15,13 +15,16 @@ use vdisk_blockdev::{clip, BlockDevice, Export, Extent};
 /// the engine error itself, with its file and field, is the inner error.
 pub fn io_error(e: Error) -> io::Error {
     let kind = match &e {
-        Error::OutOfRange { .. } => io::ErrorKind::InvalidInput,
         Error::ReadOnly(_) => io::ErrorKind::PermissionDenied,
-        Error::SnapshotNotFound(_) => io::ErrorKind::NotFound,
         Error::Io { source, .. } if is_no_space(source) => {
             return io::Error::from_raw_os_error(ENOSPC);
         }
-        _ => io::ErrorKind::Other,
+        e => match e.kind() {
+            ErrorKind::Invalid => io::ErrorKind::InvalidInput,
+            ErrorKind::NotFound => io::ErrorKind::NotFound,
+            // Corrupt data is EIO: a reader never gets bytes that failed verification.
+            _ => io::ErrorKind::Other,
+        },
     };
     io::Error::new(kind, e)
 }

@@ -102,13 +102,16 @@ impl Point {
 /// One side of a diff: its chain (base first); the first `shared` layers are common.
 pub(crate) struct Side {
     pub layers: Vec<Arc<LayerData>>,
+    /// What the side is, for errors ("snapshot s2").
+    pub label: String,
 }
 
 /// How one side reads one subcluster.
 #[derive(Clone, Copy)]
 pub(crate) enum Decider<'a> {
     None,
-    Entry(usize, &'a MapEntry),
+    /// Layer index, entry index in that layer's map, the entry.
+    Entry(usize, usize, &'a MapEntry),
 }
 
 impl Side {
@@ -118,11 +121,16 @@ impl Side {
             if let Ok(k) = l.entries.binary_search_by_key(&c, |e| e.guest_cluster) {
                 let e = &l.entries[k];
                 if e.decided() & (1 << s) != 0 {
-                    return Decider::Entry(i, e);
+                    return Decider::Entry(i, k, e);
                 }
             }
         }
         Decider::None
+    }
+
+    /// True when this side reads data (not zeros) at subcluster `s` of cluster `c`.
+    pub fn is_data(&self, c: u64, s: u32) -> bool {
+        matches!(self.decider(c, s), Decider::Entry(_, _, e) if e.alloc & (1 << s) != 0)
     }
 
     /// Read subcluster `s` of cluster `c` into `out` (subcluster-sized).
@@ -135,7 +143,9 @@ impl Side {
         scratch: &mut Vec<u8>,
     ) -> Result<()> {
         match self.decider(c, s) {
-            Decider::Entry(i, e) if e.alloc & (1 << s) != 0 => {
+            Decider::Entry(i, k, e) if e.alloc & (1 << s) != 0 => {
+                // Sealed data is verified before a diff or a stream uses it (chain.md §2).
+                self.layers[i].verify_entry(k, &self.label)?;
                 let sub = g.subcluster_size();
                 let file = &self.layers[i].files[usize::from(e.file_index)];
                 if e.compressed_len == 0 {
@@ -186,12 +196,13 @@ pub(crate) fn prepare(store: &dyn Store, from: &Point, to: &Point) -> Result<Pre
     let b = to.layer(&m)?.map(|l| m.chain(l)).unwrap_or_default();
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let mut opened: HashMap<Id, Arc<LayerData>> = HashMap::new();
+    let idx = m.index();
     let mut open = |id: &Id| -> Result<Arc<LayerData>> {
         if let Some(d) = opened.get(id) {
             return Ok(d.clone());
         }
-        let rec = m
-            .layer(*id)
+        let rec = idx
+            .get(*id)
             .ok_or_else(|| Error::format("manifest", "layers", format!("missing {id}")))?;
         let d = Arc::new(LayerData::open(store, rec, &g)?);
         opened.insert(*id, d.clone());
@@ -199,9 +210,11 @@ pub(crate) fn prepare(store: &dyn Store, from: &Point, to: &Point) -> Result<Pre
     };
     let side_a = Side {
         layers: a.iter().map(&mut open).collect::<Result<_>>()?,
+        label: from.label(&m),
     };
     let side_b = Side {
         layers: b.iter().map(&mut open).collect::<Result<_>>()?,
+        label: to.label(&m),
     };
     let mut cand: BTreeMap<u64, u32> = BTreeMap::new();
     for l in side_a.layers[shared..]
@@ -224,37 +237,15 @@ pub fn diff(store: &dyn Store, from: &Point, to: &Point, content: bool) -> Resul
     let (g, m, a, b, cand) = prepare(store, from, to)?;
     let sub = g.subcluster_size();
     let mut extents: Vec<DiffExtent> = Vec::new();
-    let mut hashes: HashMap<(usize, bool), Vec<[u8; 32]>> = HashMap::new();
     let (mut buf_a, mut buf_b, mut scratch) =
         (vec![0u8; sub as usize], vec![0u8; sub as usize], Vec::new());
     for (&c, &mask) in &cand {
         let mut mask = mask;
         if content {
-            mask = drop_equal(
-                &g,
-                c,
-                mask,
-                &a,
-                &b,
-                &mut hashes,
-                &mut buf_a,
-                &mut buf_b,
-                &mut scratch,
-            )?;
+            mask = drop_equal(&g, c, mask, &a, &b, &mut buf_a, &mut buf_b, &mut scratch)?;
         }
-        for s in 0..g.subclusters() {
-            if mask & (1 << s) == 0 {
-                continue;
-            }
-            let off = c * g.cluster_size() + u64::from(s) * sub;
-            if off >= g.virtual_size() {
-                break;
-            }
-            let len = sub.min(g.virtual_size() - off);
-            let kind = match b.decider(c, s) {
-                Decider::Entry(_, e) if e.alloc & (1 << s) != 0 => DiffKind::Data,
-                _ => DiffKind::Zero,
-            };
+        for (_, off, len, data) in subclusters(&g, c, mask, &b) {
+            let kind = if data { DiffKind::Data } else { DiffKind::Zero };
             match extents.last_mut() {
                 Some(x) if x.kind == kind && x.offset + x.length == off => x.length += len,
                 _ => extents.push(DiffExtent {
@@ -275,6 +266,23 @@ pub fn diff(store: &dyn Store, from: &Point, to: &Point, content: bool) -> Resul
     })
 }
 
+/// The subclusters of cluster `c` in `mask` that lie within the disk, as (subcluster,
+/// guest offset, length, whether `to` reads data there) — what a diff lists and a stream
+/// ships, in guest order.
+pub(crate) fn subclusters<'a>(
+    g: &'a Geometry,
+    c: u64,
+    mask: u32,
+    to: &'a Side,
+) -> impl Iterator<Item = (u32, u64, u64, bool)> + 'a {
+    let sub = g.subcluster_size();
+    (0..g.subclusters())
+        .filter(move |s| mask & (1 << s) != 0)
+        .map(move |s| (s, c * g.cluster_size() + u64::from(s) * sub))
+        .take_while(move |&(_, off)| off < g.virtual_size())
+        .map(move |(s, off)| (s, off, sub.min(g.virtual_size() - off), to.is_data(c, s)))
+}
+
 /// Remove from `mask` the subclusters of cluster `c` whose bytes are equal on both sides.
 #[allow(clippy::too_many_arguments)]
 fn drop_equal(
@@ -283,7 +291,6 @@ fn drop_equal(
     mask: u32,
     a: &Side,
     b: &Side,
-    hashes: &mut HashMap<(usize, bool), Vec<[u8; 32]>>,
     buf_a: &mut [u8],
     buf_b: &mut [u8],
     scratch: &mut Vec<u8>,
@@ -294,11 +301,7 @@ fn drop_equal(
         let mut found: Option<(usize, usize)> = None;
         for s in 0..g.subclusters() {
             match side.decider(c, s) {
-                Decider::Entry(i, e) => {
-                    let k = side.layers[i]
-                        .entries
-                        .binary_search_by_key(&c, |x| x.guest_cluster)
-                        .ok()?;
+                Decider::Entry(i, k, e) => {
                     if e.decided() != g.full_mask() || !side.layers[i].header.sealed {
                         return None;
                     }
@@ -316,13 +319,8 @@ fn drop_equal(
     if let (Some((ia, ka)), Some((ib, kb))) = (whole(a), whole(b)) {
         let (ea, eb) = (a.layers[ia].entries[ka], b.layers[ib].entries[kb]);
         if ea.alloc == eb.alloc && ea.zero == eb.zero {
-            for (side, i, right) in [(a, ia, false), (b, ib, true)] {
-                if let std::collections::hash_map::Entry::Vacant(v) = hashes.entry((i, right)) {
-                    v.insert(side.layers[i].read_hashes()?);
-                }
-            }
-            let ha = hashes[&(ia, false)].get(ka).copied();
-            let hb = hashes[&(ib, true)].get(kb).copied();
+            let ha = a.layers[ia].hashes().and_then(|h| h.get(ka).copied());
+            let hb = b.layers[ib].hashes().and_then(|h| h.get(kb).copied());
             if ha.is_some() && ha == hb {
                 return Ok(0);
             }

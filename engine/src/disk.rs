@@ -2,6 +2,9 @@
 //! snapshot operation.
 
 use crate::alloc::{self, AllocSource, Extent};
+pub use crate::bundle::read_manifest;
+pub(crate) use crate::bundle::{lock_maintenance, update_manifest, update_manifest_locked};
+use crate::bundle::{read_manifest_detailed, remove_orphans, write_manifest};
 use crate::error::{Error, Result};
 use crate::format::manifest::{journal_name, LayerRecord, Manifest, SnapshotRecord};
 use crate::format::{Geometry, Id};
@@ -9,9 +12,9 @@ use crate::layer::{ActiveLayer, LayerData};
 use crate::resolve::{read_runs, Chain, Loc, Resolver};
 use crate::store::{Object, Store, StoreLock};
 use crate::view::{self, View};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Layer index that stands for the active layer in locations.
@@ -40,6 +43,38 @@ impl CreateOptions {
             subcluster_size: None,
         }
     }
+
+    /// The geometry these options ask for, checked (so a caller can refuse before it creates
+    /// anything on storage).
+    pub fn geometry(&self) -> Result<Geometry> {
+        let size = self.virtual_size.div_ceil(512) * 512;
+        let sub = self
+            .subcluster_size
+            .unwrap_or_else(|| Geometry::default_subcluster_size(self.cluster_size));
+        Geometry::from_sizes(size, self.cluster_size, sub).map_err(|e| Error::InvalidGeometry {
+            field: e.field,
+            reason: e.reason,
+        })
+    }
+}
+
+/// Options of opening a disk or a view.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Verify sealed data against its blake3 before returning it, once per cluster per open
+    /// (format-spec/chain.md §2). On by default; `--no-verify` turns it off for raw speed.
+    pub verify: bool,
+    /// Bytes the open's in-memory tables may take ([`crate::limits::MAX_TABLE_BYTES`]).
+    pub table_budget: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            verify: true,
+            table_budget: crate::limits::MAX_TABLE_BYTES,
+        }
+    }
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -55,14 +90,24 @@ pub(crate) fn layer_file_name(id: Id, seq: u32) -> String {
     format!("layers/L{id}-{seq}.layer")
 }
 
+/// Sealed layers opened so far, by file name.
+pub(crate) type LayerCache = HashMap<String, Arc<LayerData>>;
+
 pub(crate) struct State {
     pub manifest: Manifest,
     pub geometry: Geometry,
-    /// Sealed ancestors of the active layer.
-    pub chain: Chain,
+    /// Sealed ancestors of the active layer, opened on first use: snapshot create, delete and
+    /// revert never need them, so they cost O(1) in chain depth.
+    chain: OnceLock<Chain>,
     pub active: ActiveLayer,
     /// Sealed layers opened so far, by file name.
-    pub cache: HashMap<String, Arc<LayerData>>,
+    pub cache: Mutex<LayerCache>,
+}
+
+impl State {
+    pub(crate) fn cache(&self) -> MutexGuard<'_, LayerCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A bundle opened for writing. All methods take `&self`; reads run concurrently, writes
@@ -71,11 +116,13 @@ pub struct Disk {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) state: RwLock<State>,
     pub(crate) poisoned: std::sync::atomic::AtomicBool,
+    pub(crate) opts: OpenOptions,
     _lock: Box<dyn StoreLock>,
 }
 
 struct HeadResolver<'a> {
     st: &'a State,
+    chain: &'a Chain,
 }
 
 impl Resolver for HeadResolver<'_> {
@@ -83,13 +130,13 @@ impl Resolver for HeadResolver<'_> {
         &self.st.geometry
     }
     fn decomp_cache(&self) -> &crate::resolve::DecompCache {
-        &self.st.chain.decompressed
+        &self.chain.decompressed
     }
     #[inline]
     fn locate(&self, c: u64, s: u32) -> Loc {
         match self.st.active.locate(c, s, ACTIVE) {
             Some(l) => l,
-            None => self.st.chain.map.locate(c, s),
+            None => self.chain.map.locate(c, s),
         }
     }
     fn object(&self, layer: u32, file: u16) -> Result<&Arc<dyn Object>> {
@@ -98,12 +145,23 @@ impl Resolver for HeadResolver<'_> {
                 .active
                 .files()
                 .get(usize::from(file))
-                .ok_or_else(|| {
-                    Error::InvalidArgument(format!("no data file {file} in the active layer"))
-                })
+                .ok_or_else(|| Error::Internal(format!("no data file {file} in the active layer")))
         } else {
-            self.st.chain.object(layer, file)
+            self.chain.object(layer, file)
         }
+    }
+    #[inline]
+    fn verify(&self, layer: u32, entry: u32) -> Result<()> {
+        if layer == ACTIVE {
+            // The active layer has no hashes; what it references in externs is verified
+            // when it is copied or sealed (chain.md §2).
+            Ok(())
+        } else {
+            self.chain.verify(layer, entry)
+        }
+    }
+    fn damage(&self, layer: u32, guest_offset: u64) -> Error {
+        self.chain.damage(layer, guest_offset)
     }
 }
 
@@ -112,15 +170,13 @@ impl AllocSource for HeadResolver<'_> {
         if layer == ACTIVE {
             0
         } else {
-            (self.st.chain.depth() as u32).saturating_sub(layer)
+            (self.chain.depth() as u32).saturating_sub(layer)
         }
     }
     fn skip_empty(&self, c: u64) -> Option<u64> {
-        if self.st.active.chunk_empty(c) {
-            self.st.chain.map.skip_empty(c)
-        } else {
-            None
-        }
+        let a = self.st.active.empty_until(c)?;
+        let b = self.chain.map.skip_empty(c)?;
+        Some(a.min(b))
     }
 }
 
@@ -147,144 +203,70 @@ fn map_lock_err(store: &dyn Store, e: io::Error) -> Error {
     }
 }
 
-/// Read and decode the manifest of a store.
-pub fn read_manifest(store: &dyn Store) -> Result<Manifest> {
-    let loc = store.location();
-    let bytes = store
-        .read_manifest()
-        .map_err(|e| Error::io(format!("{loc}/manifest"), "read", e))?
-        .ok_or_else(|| Error::NotABundle {
-            path: loc.clone(),
-            reason: "no manifest".into(),
-        })?;
-    Manifest::decode(&bytes).map_err(|e| e.in_object(&format!("{loc}/manifest")))
+/// True for an error that means the layer's bytes are damaged (not an I/O failure of the
+/// store, not a limit): the layer is then opened as damaged (chain.md §3).
+fn is_damage(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Format { .. }
+            | Error::Checksum { .. }
+            | Error::Damaged { .. }
+            | Error::Missing { .. }
+    )
 }
 
-/// The error of a failed conditional manifest replace: a [`Error::Conflict`] when another
-/// process changed the manifest first.
-pub(crate) fn manifest_replace_err(loc: &str, e: io::Error) -> Error {
-    match crate::store::as_generation_mismatch(&e) {
-        Some(g) => Error::Conflict {
-            path: loc.to_string(),
-            expected: g.expected,
-            found: g.found.unwrap_or(0),
-        },
-        None => Error::io(format!("{loc}/manifest"), "replace", e),
-    }
-}
-
-/// Layers of `m` no longer referenced: removed from `m`; returns the objects to delete.
-pub(crate) fn collect_garbage(m: &mut Manifest) -> Vec<String> {
-    let keep = m.referenced_layers();
-    let (kept, dropped): (Vec<LayerRecord>, Vec<LayerRecord>) = std::mem::take(&mut m.layers)
-        .into_iter()
-        .partition(|l| keep.contains(&l.id));
-    m.layers = kept;
-    let live = m.live_objects();
-    let mut out = Vec::new();
-    for l in dropped {
-        for name in [l.file.clone(), journal_name(&l.file)] {
-            if !live.contains(&name) {
-                out.push(name);
-            }
-        }
-    }
-    out
-}
-
-/// Under the maintenance lock: read the manifest, apply `f`, drop unreferenced layers, write
-/// it with the next generation and delete the objects no longer referenced.
-pub(crate) fn update_manifest<T>(
-    store: &dyn Store,
-    f: impl FnOnce(&mut Manifest) -> Result<T>,
-) -> Result<(Manifest, T)> {
-    let _maint = lock_maintenance(store)?;
-    update_manifest_locked(store, f)
-}
-
-/// Take the maintenance lock of a store.
-pub(crate) fn lock_maintenance(store: &dyn Store) -> Result<Box<dyn StoreLock>> {
-    store
-        .lock_maintenance()
-        .map_err(|e| Error::io(format!("{}/maint.lock", store.location()), "lock", e))
-}
-
-/// [`update_manifest`] for a caller that holds the maintenance lock.
-pub(crate) fn update_manifest_locked<T>(
-    store: &dyn Store,
-    f: impl FnOnce(&mut Manifest) -> Result<T>,
-) -> Result<(Manifest, T)> {
-    let loc = store.location();
-    let mut m = read_manifest(store)?;
-    let before = m.live_objects();
-    let t = f(&mut m)?;
-    collect_garbage(&mut m);
-    let after = m.live_objects();
-    let garbage: Vec<&String> = before.difference(&after).collect();
-    m.generation += 1;
-    m.validate()
-        .map_err(|e| e.in_object(&format!("{loc}/manifest (new)")))?;
-    store
-        .replace_manifest(&m.encode(), m.generation - 1)
-        .map_err(|e| manifest_replace_err(&loc, e))?;
-    for g in garbage {
-        // Best effort: a leftover is garbage that the next writer open removes.
-        let _ = store.remove_object(g);
-    }
-    Ok((m, t))
-}
-
-/// Remove objects of `layers/` the manifest does not name (left by crashes).
-pub(crate) fn remove_orphans(store: &dyn Store) -> Result<Vec<String>> {
-    let loc = store.location();
-    let _maint = store
-        .lock_maintenance()
-        .map_err(|e| Error::io(format!("{loc}/maint.lock"), "lock", e))?;
-    let m = read_manifest(store)?;
-    let live = m.live_objects();
-    let mut removed = Vec::new();
-    for name in store
-        .list_objects("layers")
-        .map_err(|e| Error::io(format!("{loc}/layers"), "list", e))?
-    {
-        if !live.contains(&name) {
-            store
-                .remove_object(&name)
-                .map_err(|e| Error::io(&name, "remove", e))?;
-            removed.push(name);
-        }
-    }
-    Ok(removed)
-}
-
-/// Open the sealed layers of a chain, reusing `cache`.
+/// Open the sealed layers of a chain, reusing `cache`. A sealed layer that cannot be read is
+/// opened as damaged (it costs what it holds: chain.md §3) — except a missing file while the
+/// manifest has changed since `m` was read (a merge removed it): that is `Missing`, and the
+/// caller re-reads the manifest.
 pub(crate) fn open_chain(
     store: &dyn Store,
     m: &Manifest,
     geometry: Geometry,
     top: Option<Id>,
-    cache: &mut HashMap<String, Arc<LayerData>>,
+    cache: &mut LayerCache,
+    opts: &OpenOptions,
+    label: &str,
 ) -> Result<Chain> {
     let mut layers = Vec::new();
+    let mut held = 0u64;
     if let Some(top) = top {
-        for id in m.chain(top) {
-            let rec = m.layer(id).ok_or_else(|| {
+        let idx = m.index();
+        for id in idx.chain(top) {
+            let rec = idx.get(id).ok_or_else(|| {
                 Error::format("manifest", "layers", format!("missing layer {id}"))
             })?;
             let data = match cache.get(&rec.file) {
                 Some(d) => d.clone(),
                 None => {
-                    let d = Arc::new(LayerData::open(store, rec, &geometry)?);
-                    if rec.sealed {
+                    let left = opts.table_budget.saturating_sub(held);
+                    let d = match LayerData::open_within(store, rec, &geometry, left) {
+                        Ok(d) => d,
+                        Err(e) if rec.sealed && is_damage(&e) => {
+                            if matches!(e, Error::Missing { .. })
+                                && read_manifest(store).is_ok_and(|n| n.generation != m.generation)
+                            {
+                                return Err(e);
+                            }
+                            LayerData::damaged(rec, &geometry, crate::error::chain(&e))
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let d = Arc::new(d);
+                    if rec.sealed && d.damaged.is_none() {
                         cache.insert(rec.file.clone(), d.clone());
                     }
                     d
                 }
             };
+            held = held.saturating_add(data.table_bytes());
             layers.push(data);
         }
     }
-    Ok(Chain::new(geometry, layers))
+    let mut chain = Chain::with_budget(geometry, layers, opts.table_budget)?;
+    chain.verify = opts.verify;
+    chain.label = label.to_string();
+    Ok(chain)
 }
 
 /// Check a snapshot name against the manifest's rules.
@@ -342,11 +324,7 @@ pub fn rfc3339(ns: u64) -> String {
     )
 }
 
-pub(crate) fn snapshot_info(
-    m: &Manifest,
-    s: &SnapshotRecord,
-    layer_bytes: Option<u64>,
-) -> SnapshotInfo {
+fn info_at_depth(s: &SnapshotRecord, layer_bytes: Option<u64>, depth: usize) -> SnapshotInfo {
     SnapshotInfo {
         id: s.id,
         name: s.name.clone(),
@@ -354,21 +332,32 @@ pub(crate) fn snapshot_info(
         created: rfc3339(s.created_ns),
         layer: s.layer,
         pinned: s.pinned,
-        depth: m.chain(s.layer).len(),
+        depth,
         layer_bytes,
         has_vm_state: s.vm_state.is_some(),
     }
 }
 
+/// Every snapshot of `m` for a listing, in O(layers + snapshots); `layer_bytes` gives the
+/// bytes held by a snapshot's own layer where known.
+pub(crate) fn snapshot_infos(
+    m: &Manifest,
+    layer_bytes: impl Fn(&SnapshotRecord) -> Option<u64>,
+) -> Vec<SnapshotInfo> {
+    let depths = m.index().depths();
+    m.snapshots
+        .iter()
+        .map(|s| {
+            let depth = depths.get(&s.layer).copied().flatten().unwrap_or(0);
+            info_at_depth(s, layer_bytes(s), depth)
+        })
+        .collect()
+}
+
 impl Disk {
     /// Create a new bundle in `store` (which must hold none) and open it for writing.
     pub fn create(store: Arc<dyn Store>, opts: &CreateOptions) -> Result<Disk> {
-        let size = opts.virtual_size.div_ceil(512) * 512;
-        let sub = opts
-            .subcluster_size
-            .unwrap_or_else(|| Geometry::default_subcluster_size(opts.cluster_size));
-        let geometry = Geometry::from_sizes(size, opts.cluster_size, sub)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {}", e.field, e.reason)))?;
+        let geometry = opts.geometry()?;
         let lock = store
             .lock_writer()
             .map_err(|e| map_lock_err(store.as_ref(), e))?;
@@ -378,14 +367,12 @@ impl Disk {
             .map_err(|e| Error::io(format!("{loc}/manifest"), "read", e))?
             .is_some()
         {
-            return Err(Error::InvalidArgument(format!(
-                "{loc} already holds a bundle"
-            )));
+            return Err(Error::BundleExists { path: loc });
         }
         let id = Id::random();
         let now = now_ns();
         let file = layer_file_name(id, 1);
-        let active = ActiveLayer::create(store.as_ref(), &file, id, geometry, now)?;
+        let active = ActiveLayer::create(&store, &file, id, geometry, now)?;
         let manifest = Manifest {
             generation: 1,
             bundle_id: Id::random(),
@@ -405,29 +392,36 @@ impl Disk {
             snapshots: Vec::new(),
             policy: None,
         };
-        store
-            .replace_manifest(&manifest.encode(), 0)
-            .map_err(|e| manifest_replace_err(&loc, e))?;
+        write_manifest(store.as_ref(), &manifest)?;
+        let chain = OnceLock::new();
+        let _ = chain.set(Chain::new(geometry, Vec::new())?);
         Ok(Disk {
             state: RwLock::new(State {
-                chain: Chain::new(geometry, Vec::new()),
+                chain,
                 manifest,
                 geometry,
                 active,
-                cache: HashMap::new(),
+                cache: Mutex::new(HashMap::new()),
             }),
             store,
             poisoned: Default::default(),
+            opts: OpenOptions::default(),
             _lock: lock,
         })
     }
 
     /// Open an existing bundle for writing (taking the writer lock), recovering from a crash.
     pub fn open(store: Arc<dyn Store>) -> Result<Disk> {
+        Self::open_with(store, &OpenOptions::default())
+    }
+
+    /// [`Disk::open`] with options (verification, memory budget). The sealed chain below the
+    /// head is opened on first use, so an open for a snapshot operation costs O(1) in depth.
+    pub fn open_with(store: Arc<dyn Store>, opts: &OpenOptions) -> Result<Disk> {
         let lock = store
             .lock_writer()
             .map_err(|e| map_lock_err(store.as_ref(), e))?;
-        let manifest = read_manifest(store.as_ref())?;
+        let (manifest, how) = read_manifest_detailed(store.as_ref())?;
         let geometry = Geometry::from_sizes(
             manifest.virtual_size,
             manifest.cluster_size,
@@ -435,29 +429,29 @@ impl Disk {
         )
         .map_err(|e| e.in_object("manifest"))?;
         remove_orphans(store.as_ref())?;
-        let mut cache = HashMap::new();
         let active_rec = manifest
             .layer(manifest.active_layer)
             .cloned()
             .ok_or_else(|| Error::format("manifest", "active_layer", "missing"))?;
-        let chain = open_chain(
-            store.as_ref(),
-            &manifest,
-            geometry,
-            active_rec.parent,
-            &mut cache,
-        )?;
-        let active = ActiveLayer::open(store.as_ref(), &active_rec, geometry)?;
+        let mut active = ActiveLayer::open(&store, &active_rec, geometry)?;
+        if let Some(why) = how.primary_damaged {
+            let note = format!("manifest damaged ({why}); its copy was used");
+            active.recovery_note = Some(match active.recovery_note.take() {
+                Some(n) => format!("{n}; {note}"),
+                None => note,
+            });
+        }
         Ok(Disk {
             state: RwLock::new(State {
                 manifest,
                 geometry,
-                chain,
+                chain: OnceLock::new(),
                 active,
-                cache,
+                cache: Mutex::new(HashMap::new()),
             }),
             store,
             poisoned: Default::default(),
+            opts: opts.clone(),
             _lock: lock,
         })
     }
@@ -472,11 +466,34 @@ impl Disk {
         // another thread as a failed one.
         let guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         if self.poisoned.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::InvalidArgument(
-                "an earlier snapshot operation failed half-way; reopen the disk".into(),
-            ));
+            return Err(Error::Poisoned);
         }
         Ok(guard)
+    }
+
+    /// The sealed chain below the head, opened on first use.
+    pub(crate) fn chain<'a>(&self, st: &'a State) -> Result<&'a Chain> {
+        if let Some(c) = st.chain.get() {
+            return Ok(c);
+        }
+        let parent = st
+            .manifest
+            .layer(st.manifest.active_layer)
+            .and_then(|l| l.parent);
+        let built = open_chain(
+            self.store.as_ref(),
+            &st.manifest,
+            st.geometry,
+            parent,
+            &mut st.cache(),
+            &self.opts,
+            "head",
+        )?;
+        // Two readers may build it at once; the first one set wins, both are the same.
+        let _ = st.chain.set(built);
+        st.chain
+            .get()
+            .ok_or_else(|| Error::Internal("chain not set".into()))
     }
 
     /// The store this disk lives in.
@@ -499,18 +516,25 @@ impl Disk {
         self.read_state().manifest.clone()
     }
 
-    /// Read guest bytes of the active head.
+    /// Read guest bytes of the active head. Data from sealed layers is verified against its
+    /// blake3 once per cluster per open (unless opened with `verify: false`); a mismatch is
+    /// [`Error::Corrupt`] and no byte of the request is returned as data.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let st = self.read_state();
         st.geometry.check_range("read", offset, buf.len() as u64)?;
-        read_runs(&HeadResolver { st: &st }, buf, offset)
+        let chain = self.chain(&st)?;
+        read_runs(&HeadResolver { st: &st, chain }, buf, offset)
     }
 
     /// Write guest bytes to the active head (durable after [`Disk::flush`]).
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let mut st = self.write_state()?;
         st.geometry.check_range("write", offset, buf.len() as u64)?;
+        self.chain(&st)?;
         let State { chain, active, .. } = &mut *st;
+        let chain = chain
+            .get()
+            .ok_or_else(|| Error::Internal("chain not set".into()))?;
         active.write(chain, buf, offset)
     }
 
@@ -518,7 +542,11 @@ impl Disk {
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         let mut st = self.write_state()?;
         st.geometry.check_range("write_zeroes", offset, len)?;
+        self.chain(&st)?;
         let State { chain, active, .. } = &mut *st;
+        let chain = chain
+            .get()
+            .ok_or_else(|| Error::Internal("chain not set".into()))?;
         active.write_zeroes(chain, offset, len)
     }
 
@@ -536,27 +564,26 @@ impl Disk {
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let st = self.read_state();
         st.geometry.check_range("map", offset, len)?;
-        alloc::extents(&HeadResolver { st: &st }, offset, len)
+        let chain = self.chain(&st)?;
+        alloc::extents(&HeadResolver { st: &st, chain }, offset, len)
     }
 
     /// Snapshots in creation order.
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
         let st = self.read_state();
         let m = &st.manifest;
-        m.snapshots
-            .iter()
-            .map(|s| {
-                let bytes = m
-                    .layer(s.layer)
-                    .and_then(|l| st.cache.get(&l.file))
-                    .map(|d| d.allocated_bytes());
-                snapshot_info(m, s, bytes)
-            })
-            .collect()
+        let idx = m.index();
+        let cache = st.cache();
+        snapshot_infos(m, |s| {
+            idx.get(s.layer)
+                .and_then(|l| cache.get(&l.file))
+                .map(|d| d.allocated_bytes())
+        })
     }
 
     /// Take a snapshot of the head: seal the active layer and start a new one on top. O(1) in
-    /// disk size and chain depth (it hashes the clusters written since the last snapshot).
+    /// disk size and chain depth (it hashes the clusters written since the last snapshot),
+    /// four syncs (format-spec/recovery.md §3).
     pub fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
         valid_snapshot_name(name)?;
         let mut st = self.write_state()?;
@@ -572,7 +599,8 @@ impl Disk {
         // consistent (format-spec/recovery.md §3).
         self.poisoned
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let new_active = ActiveLayer::create(store.as_ref(), &new_file, new_id, geometry, now)?;
+        // 1. the new active layer (not synced), 2–3. seal the old one (two syncs)
+        let new_active = ActiveLayer::create(&store, &new_file, new_id, geometry, now)?;
         let old = std::mem::replace(&mut st.active, new_active);
         let old_id = old.id;
         let old_file = old.file_name.clone();
@@ -587,6 +615,7 @@ impl Disk {
         };
         let rec = snap.clone();
         let location = store.location();
+        // 4. the manifest and its copy (two syncs)
         let (m, ()) = update_manifest(store.as_ref(), move |m| {
             if m.active_layer != old_id {
                 return Err(Error::Conflict {
@@ -613,13 +642,20 @@ impl Disk {
             m.snapshots.push(rec);
             Ok(())
         })?;
+        // 5. the sealed layer's journal
         let _ = self.store.remove_object(&journal_name(&old_file));
-        st.cache.insert(old_file, sealed.clone());
-        st.chain.push(sealed.clone());
+        st.cache().insert(old_file, sealed.clone());
+        if let Some(chain) = st.chain.get_mut() {
+            chain.push(sealed.clone())?;
+        }
+        let info = info_at_depth(
+            &snap,
+            Some(sealed.allocated_bytes()),
+            m.index().chain(old_id).len(),
+        );
         st.manifest = m;
         self.poisoned
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        let info = snapshot_info(&st.manifest, &snap, Some(sealed.allocated_bytes()));
         Ok(info)
     }
 
@@ -658,7 +694,7 @@ impl Disk {
     }
 
     /// Revert the head to a snapshot: the current head's changes are discarded and a new
-    /// empty active layer starts on top of the snapshot.
+    /// empty active layer starts on top of the snapshot. Two syncs (the manifest and its copy).
     pub fn snapshot_revert(&self, name: &str) -> Result<()> {
         let mut st = self.write_state()?;
         let snap = st
@@ -672,8 +708,7 @@ impl Disk {
         let new_file = layer_file_name(new_id, 1);
         self.poisoned
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let new_active =
-            ActiveLayer::create(self.store.as_ref(), &new_file, new_id, geometry, now)?;
+        let new_active = ActiveLayer::create(&self.store, &new_file, new_id, geometry, now)?;
         let old_id = st.active.id;
         let location = self.store.location();
         let (m, ()) = update_manifest(self.store.as_ref(), move |m| {
@@ -704,21 +739,21 @@ impl Disk {
         Ok(())
     }
 
-    /// Rebuild the chain below the active layer from a new manifest (after merges, reverts, compaction).
+    /// Adopt a new manifest after merges, reverts, compaction: the chain below the active
+    /// layer is reopened on its next use (from the cache: O(1) here, whatever the depth).
     pub(crate) fn refresh_chain(&self, st: &mut State, m: Manifest) -> Result<()> {
-        let parent = m.layer(m.active_layer).and_then(|l| l.parent);
-        let geometry = st.geometry;
-        let chain = open_chain(self.store.as_ref(), &m, geometry, parent, &mut st.cache)?;
-        let live: HashSet<String> = m.layers.iter().map(|l| l.file.clone()).collect();
-        st.cache.retain(|f, _| live.contains(f));
-        st.chain = chain;
+        let live: std::collections::HashSet<&str> =
+            m.layers.iter().map(|l| l.file.as_str()).collect();
+        st.cache().retain(|f, _| live.contains(f.as_str()));
+        st.chain = OnceLock::new();
         st.manifest = m;
         Ok(())
     }
 
-    /// A read-only view of a snapshot, sharing this disk's open layers.
+    /// A read-only view of a snapshot, sharing this disk's open layers (and what of them was
+    /// verified).
     pub fn snapshot_view(&self, name: &str) -> Result<View> {
-        let mut st = self.write_state()?;
+        let st = self.write_state()?;
         let snap = st
             .manifest
             .snapshot(name)
@@ -731,13 +766,20 @@ impl Disk {
             &m,
             geometry,
             Some(snap.layer),
-            &mut st.cache,
+            &mut st.cache(),
+            &self.opts,
+            &format!("snapshot {name}"),
         )?;
         Ok(view::View::from_parts(
             m,
             chain,
             view::Target::Snapshot(name.to_string()),
         ))
+    }
+
+    /// Rewrite the active layer's metadata with both copies (`check --repair`).
+    pub(crate) fn rewrite_head_metadata(&self) -> Result<()> {
+        self.write_state()?.active.rewrite_metadata()
     }
 
     /// What recovery did when this disk was opened (journal replay, unsealing), if anything.

@@ -1,6 +1,6 @@
 //! `info`: what a bundle holds, read without the writer lock.
 
-use crate::disk::{read_manifest, rfc3339, snapshot_info, SnapshotInfo};
+use crate::disk::{read_manifest, rfc3339, snapshot_infos, SnapshotInfo};
 use crate::error::Result;
 use crate::format::manifest::Policy;
 use crate::format::{Geometry, Id};
@@ -113,11 +113,7 @@ pub fn info(store: &dyn Store) -> Result<BundleInfo> {
             externs: rec.externs.clone(),
         });
     }
-    let snapshots = m
-        .snapshots
-        .iter()
-        .map(|s| snapshot_info(&m, s, bytes.get(&s.layer).copied()))
-        .collect();
+    let snapshots = snapshot_infos(&m, |s| bytes.get(&s.layer).copied());
     Ok(BundleInfo {
         path: store.location(),
         format: "vdisk",

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod alloc;
+pub mod bundle;
 pub mod check;
 pub mod compact;
 pub mod device;
@@ -28,17 +29,19 @@ pub mod error;
 pub mod format;
 pub mod info;
 pub mod layer;
+pub mod limits;
 pub mod maintain;
 pub mod merge;
 mod resolve;
+mod sparse;
 pub mod store;
 pub mod stream;
 pub mod view;
 
 pub use alloc::{Extent, ExtentKind};
 pub use device::io_error;
-pub use disk::{CreateOptions, Disk, SnapshotInfo};
-pub use error::{Error, Result};
+pub use disk::{CreateOptions, Disk, OpenOptions, SnapshotInfo};
+pub use error::{Error, ErrorKind, Result};
 pub use format::{Geometry, Id};
 pub use store::{CrashMode, LocalStore, MemStore, Object, Store};
 pub use vdisk_blockdev::{is_zero, BlockDevice, Export};

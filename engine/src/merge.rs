@@ -9,13 +9,13 @@ use crate::disk::{
     layer_file_name, lock_maintenance, read_manifest, update_manifest_locked, Disk, State,
 };
 use crate::error::{Error, Result};
-use crate::format::manifest::{LayerRecord, Manifest};
+use crate::format::manifest::{LayerRecord, Manifest, SnapshotRecord};
 use crate::format::{Geometry, Id, MapEntry};
 use crate::layer::writer::LayerWriter;
-use crate::layer::{hash_entry, read_entry_data, LayerData};
+use crate::layer::LayerData;
 use crate::store::{Object, Store};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What a merge did.
@@ -35,6 +35,11 @@ pub struct MergeReport {
 
 /// Fold consecutive sealed layers (base first: each the parent of the next) into a new sealed
 /// layer file `file` with id `id`. The top layer wins where layers overlap.
+///
+/// Every source entry whose data is copied or rehashed is verified against its own hash first
+/// (format-spec/merge.md §1); a mismatch is [`Error::Corrupt`] naming `context`, and the new
+/// file is removed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fold_sealed(
     store: &dyn Store,
     geometry: Geometry,
@@ -43,13 +48,30 @@ pub(crate) fn fold_sealed(
     file: &str,
     created_ns: u64,
     report: &mut MergeReport,
+    context: &str,
+) -> Result<(LayerData, Vec<String>)> {
+    let r = fold_sealed_inner(
+        store, geometry, layers, id, file, created_ns, report, context,
+    );
+    if r.is_err() {
+        let _ = store.remove_object(file);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fold_sealed_inner(
+    store: &dyn Store,
+    geometry: Geometry,
+    layers: &[Arc<LayerData>],
+    id: Id,
+    file: &str,
+    created_ns: u64,
+    report: &mut MergeReport,
+    context: &str,
 ) -> Result<(LayerData, Vec<String>)> {
     let g = geometry;
     let sub = g.subcluster_size() as usize;
-    let hashes: Vec<Vec<[u8; 32]>> = layers
-        .iter()
-        .map(|l| l.read_hashes())
-        .collect::<Result<_>>()?;
     // (cluster, layer index, entry index), top layer first within a cluster.
     let mut all: Vec<(u64, usize, usize)> = Vec::new();
     for (li, l) in layers.iter().enumerate() {
@@ -123,11 +145,14 @@ pub(crate) fn fold_sealed(
             out.data_offset = e.data_offset;
             out.compressed_len = e.compressed_len;
             out.file_index = fi;
-            hash = if mask == e.alloc {
-                hashes[li].get(ei).copied().unwrap_or([0; 32])
-            } else {
-                let restricted = MapEntry { alloc: mask, ..e };
-                hash_entry(&layers[li].files, &restricted, &g, &mut scratch)?
+            let known = layers[li].hashes().and_then(|h| h.get(ei).copied());
+            hash = match known {
+                Some(h) if mask == e.alloc => h,
+                _ => {
+                    // Rehashed: from verified bytes only, so damage is never laundered.
+                    layers[li].read_verified(ei, &mut scratch, context)?;
+                    restricted_hash(&g, e.alloc, mask, &scratch)
+                }
             };
             report.bytes_referenced += u64::from(mask.count_ones()) * sub as u64;
         } else if !data_contribs.is_empty() {
@@ -135,7 +160,7 @@ pub(crate) fn fold_sealed(
             let mut area = vec![0u8; g.cluster_size() as usize];
             for &(li, ei, mask) in &data_contribs {
                 let e = layers[li].entries[ei];
-                read_entry_data(&layers[li].files, &e, &g, &mut scratch)?;
+                layers[li].read_verified(ei, &mut scratch, context)?;
                 let mut k = 0;
                 for s in 0..g.subclusters() as usize {
                     if e.alloc & (1 << s) == 0 {
@@ -182,12 +207,29 @@ pub(crate) fn fold_sealed(
     Ok((data, extern_names))
 }
 
+/// blake3 of the subclusters `mask` keeps of an entry whose `alloc` subclusters are `data`.
+fn restricted_hash(g: &Geometry, alloc: u32, mask: u32, data: &[u8]) -> [u8; 32] {
+    let sub = g.subcluster_size() as usize;
+    let mut h = blake3::Hasher::new();
+    let mut k = 0;
+    for i in 0..g.subclusters() {
+        if alloc & (1 << i) == 0 {
+            continue;
+        }
+        if mask & (1 << i) != 0 {
+            h.update(&data[k * sub..(k + 1) * sub]);
+        }
+        k += 1;
+    }
+    *h.finalize().as_bytes()
+}
+
 /// What merging a snapshot away means for the layer tree.
 enum Plan {
     /// The layer has no children: drop it.
     Drop,
     /// Two or more branches share the layer: keep it, anonymous.
-    KeepShared(usize),
+    KeepShared,
     /// Fold the layer into its one sealed child.
     FoldIntoSealed { layer: Id, child: Id },
     /// Fold the layer into the active layer (its one child).
@@ -200,18 +242,27 @@ fn plan(m: &Manifest, layer: Id) -> Plan {
         [] => Plan::Drop,
         [c] if *c == m.active_layer => Plan::FoldIntoActive { layer },
         [c] => Plan::FoldIntoSealed { layer, child: *c },
-        more => Plan::KeepShared(more.len()),
+        _ => Plan::KeepShared,
     }
+}
+
+/// Sealed layers no snapshot names, with their number of children. O(layers + snapshots).
+fn snapshotless(m: &Manifest) -> Vec<(Id, usize)> {
+    let named: HashSet<Id> = m.snapshots.iter().map(|s| s.layer).collect();
+    let counts = m.index().child_counts();
+    m.layers
+        .iter()
+        .filter(|l| l.sealed && !named.contains(&l.id))
+        .map(|l| (l.id, counts.get(&l.id).copied().unwrap_or(0)))
+        .collect()
 }
 
 /// Layers with no snapshot and one child (left by deletions): each is folded into its child.
 fn anonymous_layers(m: &Manifest) -> Vec<Id> {
-    m.layers
-        .iter()
-        .filter(|l| {
-            l.sealed && !m.snapshots.iter().any(|s| s.layer == l.id) && m.children(l.id).len() == 1
-        })
-        .map(|l| l.id)
+    snapshotless(m)
+        .into_iter()
+        .filter(|&(_, n)| n == 1)
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -223,6 +274,7 @@ fn fold_pair_locked(
     layer: Id,
     child: Id,
     report: &mut MergeReport,
+    context: &str,
 ) -> Result<Manifest> {
     let g = Geometry::from_sizes(m.virtual_size, m.cluster_size, m.subcluster_size)
         .map_err(|e| e.in_object("manifest"))?;
@@ -238,7 +290,16 @@ fn fold_pair_locked(
     let c = Arc::new(LayerData::open(store, &rec_c, &g)?);
     let new_id = Id::random();
     let file = layer_file_name(new_id, 1);
-    let (_data, externs) = fold_sealed(store, g, &[l, c], new_id, &file, rec_c.created_ns, report)?;
+    let (_data, externs) = fold_sealed(
+        store,
+        g,
+        &[l, c],
+        new_id,
+        &file,
+        rec_c.created_ns,
+        report,
+        context,
+    )?;
     let gen = m.generation;
     let (m2, ()) = update_manifest_locked(store, move |m| {
         if m.generation != gen {
@@ -286,24 +347,25 @@ pub fn merge_offline(store: &dyn Store, names: &[String]) -> Result<MergeReport>
             .snapshot(n)
             .ok_or_else(|| Error::SnapshotNotFound(n.clone()))?;
         if let Plan::FoldIntoActive { .. } = plan(&m, s.layer) {
-            return Err(Error::InvalidArgument(format!(
-                "snapshot {n:?} is the parent of the active layer: the process that has the disk open for writing must merge it"
-            )));
+            return Err(Error::NeedsWriter {
+                snapshot: n.clone(),
+            });
         }
     }
-    let names2 = names.to_vec();
-    let (mut m, ()) = update_manifest_locked(store, |m| {
-        m.snapshots.retain(|s| !names2.contains(&s.name));
-        Ok(())
-    })?;
+    let removed = remove_records(store, names)?;
+    let mut m = read_manifest(store)?;
     report.removed_snapshots = names.to_vec();
+    let context = merge_context(names);
     while let Some(layer) = anonymous_layers(&m)
         .into_iter()
         .find(|l| !matches!(plan(&m, *l), Plan::FoldIntoActive { .. }))
     {
         match plan(&m, layer) {
             Plan::FoldIntoSealed { layer, child } => {
-                m = fold_pair_locked(store, &m, layer, child, &mut report)?
+                match fold_pair_locked(store, &m, layer, child, &mut report, &context) {
+                    Ok(m2) => m = m2,
+                    Err(e) => return Err(restore_records(store, &removed, e)),
+                }
             }
             _ => break,
         }
@@ -312,30 +374,62 @@ pub fn merge_offline(store: &dyn Store, names: &[String]) -> Result<MergeReport>
     Ok(report)
 }
 
+/// "merge of a, b" — what a merge names in its errors.
+fn merge_context(names: &[String]) -> String {
+    format!("merge of snapshot {}", names.join(", "))
+}
+
+/// Remove the snapshot records `names` (under the maintenance lock); returns them.
+fn remove_records(store: &dyn Store, names: &[String]) -> Result<Vec<SnapshotRecord>> {
+    let names2 = names.to_vec();
+    let (_, removed) = update_manifest_locked(store, |m| {
+        let (gone, kept) = std::mem::take(&mut m.snapshots)
+            .into_iter()
+            .partition(|s| names2.contains(&s.name));
+        m.snapshots = kept;
+        Ok(gone)
+    })?;
+    Ok(removed)
+}
+
+/// A fold failed (nothing of it was switched in): put the removed snapshot records whose
+/// layers still exist back, so a refused merge leaves the bundle as it was, and return `e`.
+fn restore_records(store: &dyn Store, removed: &[SnapshotRecord], e: Error) -> Error {
+    let back = removed.to_vec();
+    let _ = update_manifest_locked(store, move |m| {
+        for s in back {
+            if m.layer(s.layer).is_some() && m.snapshot(&s.name).is_none() {
+                m.snapshots.push(s);
+            }
+        }
+        m.snapshots.sort_by_key(|s| s.created_ns);
+        Ok(())
+    });
+    e
+}
+
 /// Refuse when one of `names` is pinned (the policy and explicit runs never merge those).
-fn refuse_pinned(m: &Manifest, names: &[String], why: &str) -> Result<()> {
+fn refuse_pinned(m: &Manifest, names: &[String], why: &'static str) -> Result<()> {
     match m
         .snapshots
         .iter()
         .find(|s| s.pinned && names.contains(&s.name))
     {
-        Some(p) => Err(Error::InvalidArgument(format!(
-            "snapshot {:?} {why}",
-            p.name
-        ))),
+        Some(p) => Err(Error::Pinned {
+            name: p.name.clone(),
+            why,
+        }),
         None => Ok(()),
     }
 }
 
 fn note_shared(m: &Manifest, report: &mut MergeReport) {
-    for l in &m.layers {
-        if l.sealed && !m.snapshots.iter().any(|s| s.layer == l.id) {
-            if let Plan::KeepShared(n) = plan(m, l.id) {
-                report.notes.push(format!(
-                    "layer {} has no snapshot but is shared by {n} branches; kept",
-                    l.id.short()
-                ));
-            }
+    for (id, n) in snapshotless(m) {
+        if n >= 2 {
+            report.notes.push(format!(
+                "layer {} has no snapshot but is shared by {n} branches; kept",
+                id.short()
+            ));
         }
     }
 }
@@ -355,22 +449,31 @@ impl Disk {
         }
         let _maint = lock_maintenance(self.store.as_ref())?;
         let mut report = MergeReport::default();
-        let names2 = names.to_vec();
-        let (mut m, ()) = update_manifest_locked(self.store.as_ref(), |m| {
-            m.snapshots.retain(|s| !names2.contains(&s.name));
-            Ok(())
-        })?;
+        let store = self.store.as_ref();
+        let removed = remove_records(store, names)?;
+        let mut m = read_manifest(store)?;
         report.removed_snapshots = names.to_vec();
+        let context = merge_context(names);
         while let Some(layer) = anonymous_layers(&m).first().copied() {
-            m = match plan(&m, layer) {
+            let step = match plan(&m, layer) {
                 Plan::FoldIntoSealed { layer, child } => {
-                    fold_pair_locked(self.store.as_ref(), &m, layer, child, &mut report)?
+                    fold_pair_locked(store, &m, layer, child, &mut report, &context)
                 }
                 Plan::FoldIntoActive { layer } => {
-                    self.fold_into_active_locked(&mut st, &m, layer, &mut report)?
+                    self.fold_into_active_locked(&mut st, &m, layer, &mut report, &context)
                 }
                 _ => break,
             };
+            match step {
+                Ok(m2) => m = m2,
+                Err(e) => {
+                    let e = restore_records(store, &removed, e);
+                    if let Ok(m) = read_manifest(store) {
+                        let _ = self.refresh_chain(&mut st, m);
+                    }
+                    return Err(e);
+                }
+            }
         }
         note_shared(&m, &mut report);
         self.refresh_chain(&mut st, m)?;
@@ -393,9 +496,14 @@ impl Disk {
             .snapshot(newer)
             .ok_or_else(|| Error::SnapshotNotFound(newer.into()))?;
         let chain = m.chain(n.layer);
-        let start = chain.iter().position(|l| *l == o.layer).ok_or_else(|| {
-            Error::InvalidArgument(format!("{older:?} is not an ancestor of {newer:?}"))
-        })?;
+        let start =
+            chain
+                .iter()
+                .position(|l| *l == o.layer)
+                .ok_or_else(|| Error::NotAnAncestor {
+                    older: older.into(),
+                    newer: newer.into(),
+                })?;
         let run: Vec<Id> = chain[start..].to_vec();
         let names: Vec<String> = m
             .snapshots
@@ -403,11 +511,12 @@ impl Disk {
             .filter(|s| run.contains(&s.layer) && s.name != newer)
             .map(|s| s.name.clone())
             .collect();
-        refuse_pinned(&m, &names, "is pinned; unpin it first")?;
+        refuse_pinned(&m, &names, "a range merge would remove it")?;
         if names.is_empty() {
-            return Err(Error::InvalidArgument(format!(
-                "no snapshot between {older:?} and {newer:?} to merge"
-            )));
+            return Err(Error::NothingToMerge {
+                older: older.into(),
+                newer: newer.into(),
+            });
         }
         self.merge_snapshots(&names)
     }
@@ -420,13 +529,10 @@ impl Disk {
         let parent = m
             .layer(m.active_layer)
             .and_then(|l| l.parent)
-            .ok_or_else(|| {
-                Error::InvalidArgument("the head has no parent layer: nothing to commit".into())
-            })?;
-        if m.children(parent).len() > 1 {
-            return Err(Error::InvalidArgument(
-                "the parent layer is shared by another branch; commit would change it".into(),
-            ));
+            .ok_or(Error::NothingToCommit)?;
+        let branches = m.children(parent).len();
+        if branches > 1 {
+            return Err(Error::SharedLayer { branches });
         }
         let names: Vec<String> = m
             .snapshots
@@ -434,7 +540,7 @@ impl Disk {
             .filter(|s| s.layer == parent)
             .map(|s| s.name.clone())
             .collect();
-        refuse_pinned(&m, &names, "holds the parent layer and is pinned")?;
+        refuse_pinned(&m, &names, "it holds the parent layer a commit folds")?;
         if names.is_empty() {
             // Anonymous parent: fold it directly.
             let mut st = self.write_state()?;
@@ -442,7 +548,7 @@ impl Disk {
             let _maint = lock_maintenance(self.store.as_ref())?;
             let mut report = MergeReport::default();
             let m = read_manifest(self.store.as_ref())?;
-            let m = self.fold_into_active_locked(&mut st, &m, parent, &mut report)?;
+            let m = self.fold_into_active_locked(&mut st, &m, parent, &mut report, "commit")?;
             self.refresh_chain(&mut st, m)?;
             return Ok(report);
         }
@@ -456,16 +562,20 @@ impl Disk {
         m: &Manifest,
         layer: Id,
         report: &mut MergeReport,
+        context: &str,
     ) -> Result<Manifest> {
         let store = self.store.as_ref();
         let rec = m
             .layer(layer)
             .cloned()
             .ok_or_else(|| Error::format("manifest", "layers", format!("missing {layer}")))?;
-        let parent_data = match st.cache.get(&rec.file) {
-            Some(d) => d.clone(),
+        let cached = st.cache().get(&rec.file).cloned();
+        let parent_data = match cached {
+            Some(d) => d,
             None => Arc::new(LayerData::open(store, &rec, &st.geometry)?),
         };
+        // Everything the fold copies is verified before anything changes (merge.md §4).
+        st.active.check_absorb(&parent_data, context)?;
         let active = st.active.id;
         // 1. keep the parent's files alive as externs of the active layer before it names them
         let mut names: Vec<String> = parent_data
@@ -488,7 +598,7 @@ impl Disk {
         // 2. fold, checkpointed
         self.poisoned
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let (copied, referenced) = st.active.absorb(&parent_data)?;
+        let (copied, referenced) = st.active.absorb(&parent_data, context)?;
         report.bytes_copied += copied;
         report.bytes_referenced += referenced;
         // 3. the active layer takes the parent's place

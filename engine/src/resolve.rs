@@ -9,8 +9,7 @@ use crate::layer::LayerData;
 use crate::store::Object;
 use std::sync::Arc;
 
-const CHUNK_BITS: u32 = 10;
-const CHUNK: usize = 1 << CHUNK_BITS;
+use crate::sparse::{boxed_leaf, SparseDir, LEAF};
 
 /// One layer's say over one cluster, restricted to the subclusters no higher layer decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +26,8 @@ pub(crate) struct Piece {
     pub compressed_len: u32,
     /// Data file index within the layer.
     pub file_index: u16,
+    /// Index of the entry in its layer's map (for verification).
+    pub entry: u32,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -54,8 +55,13 @@ pub enum Loc {
     Unalloc,
     /// A layer says zeros.
     Zero,
-    /// Bytes at `offset` of data file `file` of layer `layer`.
-    Data { layer: u32, file: u16, offset: u64 },
+    /// Bytes at `offset` of data file `file` of layer `layer`, from map entry `entry`.
+    Data {
+        layer: u32,
+        file: u16,
+        offset: u64,
+        entry: u32,
+    },
     /// Subcluster `sub` of the compressed cluster at `offset` (`len` bytes).
     Compressed {
         layer: u32,
@@ -63,11 +69,15 @@ pub enum Loc {
         offset: u64,
         len: u32,
         sub: u32,
+        entry: u32,
     },
+    /// Layer `layer` is damaged (format-spec/chain.md §3) and might decide this subcluster.
+    Damaged { layer: u32 },
 }
 
 impl Loc {
     /// The location from an entry deciding subcluster `s` of its cluster.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_entry(
         layer: u32,
         alloc: u32,
@@ -76,6 +86,7 @@ impl Loc {
         file: u16,
         s: u32,
         sub_size: u64,
+        entry: u32,
     ) -> Loc {
         if alloc & (1 << s) == 0 {
             Loc::Zero
@@ -86,12 +97,14 @@ impl Loc {
                 offset: data_offset,
                 len: clen,
                 sub: s,
+                entry,
             }
         } else {
             Loc::Data {
                 layer,
                 file,
                 offset: data_offset + u64::from(s) * sub_size,
+                entry,
             }
         }
     }
@@ -100,41 +113,57 @@ impl Loc {
 /// The resolved map of a chain of read-only layers.
 #[derive(Debug, Default)]
 pub(crate) struct ChainMap {
-    chunks: Vec<Option<Box<[Slot]>>>,
+    dir: SparseDir<[Slot; LEAF]>,
     sub_size: u64,
+    /// 1 + the index of the highest damaged layer (0: none): pieces of layers below it, and
+    /// subclusters no layer above it decides, cannot be read (chain.md §3).
+    floor: u32,
+    full_mask: u32,
 }
 
 impl ChainMap {
-    pub fn new(geometry: &Geometry) -> Self {
-        let n = geometry.cluster_count().div_ceil(CHUNK as u64) as usize;
-        ChainMap {
-            chunks: vec![None; n],
+    /// An empty map; `budget` bounds the bytes it may allocate.
+    pub fn new(geometry: &Geometry, budget: u64) -> Result<Self> {
+        Ok(ChainMap {
+            dir: SparseDir::new(geometry.cluster_count(), budget, "the chain's resolved map")?,
             sub_size: geometry.subcluster_size(),
-        }
+            floor: 0,
+            full_mask: geometry.full_mask(),
+        })
     }
 
+    /// Layer `layer`, applied next, is damaged: it hides everything below it.
+    pub fn apply_damaged(&mut self, layer: u32) {
+        self.floor = layer + 1;
+    }
+
+    #[inline]
     fn slot(&self, c: u64) -> &Slot {
         static EMPTY: Slot = Slot::Empty;
-        match self.chunks.get((c >> CHUNK_BITS) as usize) {
-            Some(Some(chunk)) => &chunk[(c as usize) & (CHUNK - 1)],
-            _ => &EMPTY,
+        match self.dir.leaf(c) {
+            Some(leaf) => &leaf[(c as usize) & (LEAF - 1)],
+            None => &EMPTY,
         }
     }
 
-    /// Apply a layer on top of everything applied so far.
-    pub fn apply(&mut self, layer: u32, entries: &[MapEntry]) {
-        for e in entries {
+    /// Apply a layer on top of everything applied so far. Fails (leaving the map partly
+    /// applied) when the map would pass its memory budget.
+    pub fn apply(&mut self, layer: u32, entries: &[MapEntry]) -> Result<()> {
+        let piece_bytes = std::mem::size_of::<Piece>() as u64;
+        for (k, e) in entries.iter().enumerate() {
             let decided = e.decided();
             if decided == 0 {
                 continue;
             }
-            let ci = (e.guest_cluster >> CHUNK_BITS) as usize;
-            let Some(chunk_slot) = self.chunks.get_mut(ci) else {
+            // Spill lists (a cluster several layers share) are charged as they grow.
+            let before = match self.slot(e.guest_cluster) {
+                Slot::Many(v) => v.len() as u64,
+                _ => 0,
+            };
+            let Some(leaf) = self.dir.leaf_mut(e.guest_cluster, boxed_leaf)? else {
                 continue;
             };
-            let chunk =
-                chunk_slot.get_or_insert_with(|| vec![Slot::Empty; CHUNK].into_boxed_slice());
-            let slot = &mut chunk[(e.guest_cluster as usize) & (CHUNK - 1)];
+            let slot = &mut leaf[(e.guest_cluster as usize) & (LEAF - 1)];
             let new = Piece {
                 data_offset: e.data_offset,
                 layer,
@@ -142,6 +171,7 @@ impl ChainMap {
                 alloc: e.alloc,
                 compressed_len: e.compressed_len,
                 file_index: e.file_index,
+                entry: k as u32,
             };
             *slot = match std::mem::take(slot) {
                 Slot::Empty => Slot::One(new),
@@ -169,7 +199,17 @@ impl ChainMap {
                     }
                 }
             };
+            let after = match slot {
+                Slot::Many(v) => v.len() as u64,
+                _ => 0,
+            };
+            if after > before {
+                self.dir.charge((after - before) * piece_bytes)?;
+            } else {
+                self.dir.release((before - after) * piece_bytes);
+            }
         }
+        Ok(())
     }
 
     /// Where subcluster `s` of cluster `c` comes from.
@@ -178,6 +218,9 @@ impl ChainMap {
         let bit = 1u32 << s;
         for p in self.slot(c).pieces() {
             if p.owned & bit != 0 {
+                if p.layer < self.floor {
+                    break;
+                }
                 return Loc::from_entry(
                     p.layer,
                     p.alloc,
@@ -186,24 +229,34 @@ impl ChainMap {
                     p.file_index,
                     s,
                     self.sub_size,
+                    p.entry,
                 );
             }
         }
-        Loc::Unalloc
+        if self.floor > 0 {
+            Loc::Damaged {
+                layer: self.floor - 1,
+            }
+        } else {
+            Loc::Unalloc
+        }
     }
 
-    /// Subclusters of cluster `c` some layer decides.
+    /// Subclusters of cluster `c` some layer decides (every one when a damaged layer might).
     pub fn decided(&self, c: u64) -> u32 {
+        if self.floor > 0 {
+            return self.full_mask;
+        }
         self.slot(c).pieces().iter().fold(0, |m, p| m | p.owned)
     }
 
-    /// True when no layer decides anything in chunk-sized run containing `c` (fast skip for
-    /// allocation scans of sparse disks). Returns the first cluster after the empty run.
+    /// When no layer decides anything in the run containing `c` (fast skip for allocation
+    /// scans of sparse disks): the first cluster after the empty run.
     pub fn skip_empty(&self, c: u64) -> Option<u64> {
-        match self.chunks.get((c >> CHUNK_BITS) as usize) {
-            Some(None) => Some(((c >> CHUNK_BITS) + 1) << CHUNK_BITS),
-            _ => None,
+        if self.floor > 0 {
+            return None;
         }
+        self.dir.empty_until(c)
     }
 }
 
@@ -214,6 +267,10 @@ pub struct Chain {
     pub(crate) map: ChainMap,
     pub(crate) geometry: Geometry,
     pub(crate) decompressed: DecompCache,
+    /// Verify sealed data before returning it (format-spec/chain.md §2).
+    pub(crate) verify: bool,
+    /// What the chain shows, for errors ("snapshot s1", "head").
+    pub(crate) label: String,
 }
 
 /// The last few decompressed clusters of a chain, so small reads of a compressed cluster do
@@ -253,25 +310,81 @@ impl DecompCache {
 }
 
 impl Chain {
-    /// Build from layers, base first.
-    pub(crate) fn new(geometry: Geometry, layers: Vec<Arc<LayerData>>) -> Chain {
-        let mut map = ChainMap::new(&geometry);
+    /// Build from layers, base first. The layers' decoded maps and the resolved map share
+    /// the budget [`crate::limits::MAX_TABLE_BYTES`].
+    pub(crate) fn new(geometry: Geometry, layers: Vec<Arc<LayerData>>) -> Result<Chain> {
+        Self::with_budget(geometry, layers, crate::limits::MAX_TABLE_BYTES)
+    }
+
+    /// [`Chain::new`] within `budget` bytes of tables.
+    pub(crate) fn with_budget(
+        geometry: Geometry,
+        layers: Vec<Arc<LayerData>>,
+        budget: u64,
+    ) -> Result<Chain> {
+        let held: u64 = layers.iter().map(|l| l.table_bytes()).sum();
+        let left = budget.checked_sub(held).ok_or_else(|| Error::Limit {
+            what: "the decoded maps of the chain".into(),
+            value: held,
+            limit: budget,
+            reason: "memory of in-memory tables (crate::limits::MAX_TABLE_BYTES)",
+        })?;
+        let mut map = ChainMap::new(&geometry, left)?;
         for (i, l) in layers.iter().enumerate() {
-            map.apply(i as u32, &l.entries);
+            if l.damaged.is_some() {
+                map.apply_damaged(i as u32);
+            } else {
+                map.apply(i as u32, &l.entries)?;
+            }
         }
-        Chain {
+        Ok(Chain {
             layers,
             map,
             geometry,
             decompressed: DecompCache::default(),
+            verify: true,
+            label: String::new(),
+        })
+    }
+
+    /// Put a sealed layer on top.
+    pub(crate) fn push(&mut self, layer: Arc<LayerData>) -> Result<()> {
+        let i = self.layers.len() as u32;
+        self.map.apply(i, &layer.entries)?;
+        self.layers.push(layer);
+        Ok(())
+    }
+
+    /// Verify entry `entry` of layer `layer` once per open (chain.md §2).
+    #[inline]
+    pub(crate) fn verify(&self, layer: u32, entry: u32) -> Result<()> {
+        if !self.verify {
+            return Ok(());
+        }
+        match self.layers.get(layer as usize) {
+            Some(l) if l.is_verified(entry as usize) => Ok(()),
+            Some(l) => l.verify_entry(entry as usize, &self.label),
+            None => Err(Error::Internal(format!("no layer {layer} in the chain"))),
         }
     }
 
-    /// Put a layer on top.
-    pub(crate) fn push(&mut self, layer: Arc<LayerData>) {
-        let i = self.layers.len() as u32;
-        self.map.apply(i, &layer.entries);
-        self.layers.push(layer);
+    /// The error for a read that a damaged layer might decide.
+    pub(crate) fn damage(&self, layer: u32, guest_offset: u64) -> Error {
+        match self.layers.get(layer as usize) {
+            Some(l) => Error::Damaged {
+                object: l.file_name.clone(),
+                reason: format!(
+                    "{}; guest offset {guest_offset} of {} may come from it and cannot be read",
+                    l.damaged.as_deref().unwrap_or("unreadable"),
+                    if self.label.is_empty() {
+                        "the chain"
+                    } else {
+                        &self.label
+                    }
+                ),
+            },
+            None => Error::Internal(format!("no layer {layer} in the chain")),
+        }
     }
 
     /// Number of layers.
@@ -283,7 +396,7 @@ impl Chain {
         self.layers
             .get(layer as usize)
             .and_then(|l| l.files.get(usize::from(file)))
-            .ok_or_else(|| Error::InvalidArgument(format!("no data file {file} in layer {layer}")))
+            .ok_or_else(|| Error::Internal(format!("no data file {file} in layer {layer}")))
     }
 }
 
@@ -296,6 +409,10 @@ pub(crate) trait Resolver {
     fn object(&self, layer: u32, file: u16) -> Result<&Arc<dyn Object>>;
     /// The cache of decompressed clusters to use.
     fn decomp_cache(&self) -> &DecompCache;
+    /// Check entry `entry` of `layer` against its hash before its bytes are used.
+    fn verify(&self, layer: u32, entry: u32) -> Result<()>;
+    /// The error for a subcluster a damaged layer might decide.
+    fn damage(&self, layer: u32, guest_offset: u64) -> Error;
 }
 
 /// Fill `buf` with the guest bytes at `offset`, coalescing adjacent subclusters that come
@@ -315,7 +432,9 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                 layer,
                 file,
                 offset: at,
+                entry,
             } => {
+                r.verify(layer, entry)?;
                 let obj = r.object(layer, file)?;
                 return obj
                     .read_exact_at(buf, at + in_sub0)
@@ -325,6 +444,7 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                 buf.fill(0);
                 return Ok(());
             }
+            Loc::Damaged { layer } => return Err(r.damage(layer, offset)),
             Loc::Compressed { .. } => {}
         }
     }
@@ -340,17 +460,23 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
         let in_sub = off & (sub - 1);
         let n = ((sub - in_sub) as usize).min(buf.len() - pos);
         let mut loc = r.locate(c, s);
-        if let Loc::Data {
-            layer,
-            file,
-            offset,
-        } = loc
-        {
-            loc = Loc::Data {
+        match loc {
+            Loc::Data {
                 layer,
                 file,
-                offset: offset + in_sub,
-            };
+                offset,
+                entry,
+            } => {
+                r.verify(layer, entry)?;
+                loc = Loc::Data {
+                    layer,
+                    file,
+                    offset: offset + in_sub,
+                    entry,
+                };
+            }
+            Loc::Damaged { layer } => return Err(r.damage(layer, off)),
+            _ => {}
         }
         let extends = match (&run, &loc) {
             (
@@ -359,6 +485,7 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                         layer: l0,
                         file: f0,
                         offset: o0,
+                        ..
                     },
                     _,
                     len,
@@ -367,6 +494,7 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                     layer,
                     file,
                     offset,
+                    ..
                 },
             ) => l0 == layer && f0 == file && o0 + *len as u64 == *offset,
             (Some((Loc::Zero | Loc::Unalloc, _, _)), Loc::Zero | Loc::Unalloc) => true,
@@ -387,7 +515,9 @@ pub(crate) fn read_runs(r: &dyn Resolver, buf: &mut [u8], offset: u64) -> Result
                     offset: coff,
                     len,
                     sub: s,
+                    entry,
                 } => {
+                    r.verify(layer, entry)?;
                     let e = MapEntry {
                         data_offset: coff,
                         compressed_len: len,
@@ -422,6 +552,7 @@ fn finish_run(
             layer,
             file,
             offset,
+            ..
         } => {
             let obj = r.object(layer, file)?;
             obj.read_exact_at(out, offset)
@@ -441,7 +572,7 @@ mod tests {
     #[test]
     fn higher_layers_hide_lower() {
         let g = Geometry::from_sizes(1 << 24, 65536, 4096).unwrap();
-        let mut m = ChainMap::new(&g);
+        let mut m = ChainMap::new(&g, 1 << 30).unwrap();
         m.apply(
             0,
             &[MapEntry {
@@ -450,7 +581,8 @@ mod tests {
                 alloc: 0xffff,
                 ..Default::default()
             }],
-        );
+        )
+        .unwrap();
         m.apply(
             1,
             &[MapEntry {
@@ -460,14 +592,16 @@ mod tests {
                 zero: 0b1,
                 ..Default::default()
             }],
-        );
+        )
+        .unwrap();
         assert_eq!(m.locate(3, 0), Loc::Zero);
         assert_eq!(
             m.locate(3, 1),
             Loc::Data {
                 layer: 1,
                 file: 0,
-                offset: 131072 + 4096
+                offset: 131072 + 4096,
+                entry: 0
             }
         );
         assert_eq!(
@@ -475,7 +609,8 @@ mod tests {
             Loc::Data {
                 layer: 0,
                 file: 0,
-                offset: 65536 + 8192
+                offset: 65536 + 8192,
+                entry: 0
             }
         );
         assert_eq!(m.locate(4, 0), Loc::Unalloc);
@@ -488,13 +623,15 @@ mod tests {
                 alloc: 0xffff,
                 ..Default::default()
             }],
-        );
+        )
+        .unwrap();
         assert_eq!(
             m.locate(3, 0),
             Loc::Data {
                 layer: 2,
                 file: 0,
-                offset: 196608
+                offset: 196608,
+                entry: 0
             }
         );
         assert!(matches!(m.slot(3), Slot::One(_)));

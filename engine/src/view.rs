@@ -1,7 +1,7 @@
 //! [`View`]: a read-only view of a snapshot or of the head, opened without the writer lock.
 
 use crate::alloc::{self, AllocSource, Extent};
-use crate::disk::{open_chain, read_manifest, snapshot_info, SnapshotInfo};
+use crate::disk::{open_chain, read_manifest, snapshot_infos, OpenOptions, SnapshotInfo};
 use crate::error::{Error, Result};
 use crate::format::manifest::Manifest;
 use crate::format::{Geometry, Id};
@@ -43,6 +43,13 @@ impl Resolver for Chain {
     fn object(&self, layer: u32, file: u16) -> Result<&Arc<dyn Object>> {
         Chain::object(self, layer, file)
     }
+    #[inline]
+    fn verify(&self, layer: u32, entry: u32) -> Result<()> {
+        Chain::verify(self, layer, entry)
+    }
+    fn damage(&self, layer: u32, guest_offset: u64) -> Error {
+        Chain::damage(self, layer, guest_offset)
+    }
 }
 
 impl AllocSource for Chain {
@@ -58,19 +65,25 @@ impl AllocSource for Chain {
 const OPEN_RETRIES: usize = 8;
 
 impl View {
-    /// Open a view without any lock.
+    /// Open a view without any lock. Sealed data is verified against its blake3 once per
+    /// cluster per view (format-spec/chain.md §2).
     pub fn open(store: &dyn Store, target: Target) -> Result<View> {
+        Self::open_with(store, target, &OpenOptions::default())
+    }
+
+    /// [`View::open`] with options (verification, memory budget).
+    pub fn open_with(store: &dyn Store, target: Target, opts: &OpenOptions) -> Result<View> {
         let mut last = None;
         for _ in 0..OPEN_RETRIES {
-            match Self::try_open(store, &target) {
+            match Self::try_open(store, &target, opts) {
                 Err(e @ Error::Missing { .. }) => last = Some(e),
                 other => return other,
             }
         }
-        Err(last.unwrap_or_else(|| Error::InvalidArgument("open retries exhausted".into())))
+        Err(last.unwrap_or_else(|| Error::Internal("open retries exhausted".into())))
     }
 
-    fn try_open(store: &dyn Store, target: &Target) -> Result<View> {
+    fn try_open(store: &dyn Store, target: &Target, opts: &OpenOptions) -> Result<View> {
         let m = read_manifest(store)?;
         let geometry = Geometry::from_sizes(m.virtual_size, m.cluster_size, m.subcluster_size)
             .map_err(|e| e.in_object("manifest"))?;
@@ -89,7 +102,20 @@ impl View {
                     .layer
             }
         };
-        let chain = open_chain(store, &m, geometry, Some(top), &mut HashMap::new())?;
+        let label = match target {
+            Target::Head => "head".to_string(),
+            Target::Snapshot(n) => format!("snapshot {n}"),
+            Target::SnapshotId(id) => format!("snapshot {id}"),
+        };
+        let chain = open_chain(
+            store,
+            &m,
+            geometry,
+            Some(top),
+            &mut HashMap::new(),
+            opts,
+            &label,
+        )?;
         Ok(View {
             manifest: m,
             chain,
@@ -153,10 +179,7 @@ impl View {
             .iter()
             .map(|l| (l.id, l.allocated_bytes()))
             .collect();
-        m.snapshots
-            .iter()
-            .map(|s| snapshot_info(m, s, bytes.get(&s.layer).copied()))
-            .collect()
+        snapshot_infos(m, |s| bytes.get(&s.layer).copied())
     }
 
     /// Layers of the chain, base first.
@@ -164,12 +187,19 @@ impl View {
         &self.chain.layers
     }
 
-    /// Notes from opening (journal replay of a head view).
+    /// Notes from opening (journal replay of a head view, damaged copies and layers).
     pub fn notes(&self) -> Vec<String> {
-        self.chain
-            .layers
-            .iter()
-            .filter_map(|l| l.journal_note.clone())
-            .collect()
+        let mut out = Vec::new();
+        for l in &self.chain.layers {
+            out.extend(l.journal_note.clone());
+            out.extend(l.notes.iter().cloned());
+            if let Some(d) = &l.damaged {
+                out.push(format!(
+                    "{}: damaged ({d}); what it holds cannot be read",
+                    l.file_name
+                ));
+            }
+        }
+        out
     }
 }

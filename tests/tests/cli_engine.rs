@@ -414,9 +414,15 @@ fn check_repair_rewrites_a_damaged_header_slot() {
     let mut bytes = fs::read(&file).unwrap();
     bytes[20] ^= 0xff; // slot A's generation field: its crc no longer matches
     fs::write(&file, &bytes).unwrap();
-    // still readable (the twin is used), and check says so
-    let out = vdisk_ok(&["check", ds]);
-    assert!(out.contains("header slot A is damaged"), "{out}");
+    // still readable (the twin is used), and check reports the damage (exit 2)
+    let o = vdisk(&["check", ds]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("header slot A: damaged"), "{out}");
     let out = vdisk_ok(&["check", ds, "--repair"]);
     assert!(out.contains("rewritten from its twin"), "{out}");
     let out = vdisk_ok(&["check", ds]);

@@ -9,8 +9,10 @@ pub const SLOT_SIZE: usize = 4096;
 pub const HEADER_LEN: usize = 256;
 /// Magic of a layer file.
 pub const MAGIC: &[u8; 8] = b"VDSKLAYR";
-/// Format version written and accepted.
-pub const VERSION: u32 = 1;
+/// Format version written (format-spec/layer.md §2).
+pub const VERSION: u32 = 2;
+/// The oldest version read (no copies of the regions).
+pub const MIN_VERSION: u32 = 1;
 /// `state_flags` bit: the layer is sealed (immutable).
 pub const FLAG_SEALED: u32 = 1;
 /// Incompatible feature bits this version understands (none).
@@ -39,6 +41,8 @@ impl Region {
 /// One decoded header slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerHeader {
+    /// Format version of the slot (1 or 2); encode writes it back unchanged.
+    pub version: u32,
     /// Slot generation; the valid slot with the highest one is current.
     pub generation: u64,
     /// The layer's id.
@@ -69,12 +73,19 @@ pub struct LayerHeader {
     pub extern_crc32: u32,
     /// Creation time, ns since the epoch.
     pub created_ns: u64,
+    /// Offset of the map region's copy (version 2; 0 when absent).
+    pub map2_offset: u64,
+    /// Offset of the hash table's copy (version 2; 0 when absent).
+    pub hash2_offset: u64,
+    /// Offset of the extern table's copy (version 2; 0 when absent).
+    pub extern2_offset: u64,
 }
 
 impl LayerHeader {
     /// A fresh header of an empty, unsealed layer.
     pub fn new_empty(layer_id: Id, geometry: Geometry, created_ns: u64) -> Self {
         LayerHeader {
+            version: VERSION,
             generation: 1,
             layer_id,
             geometry,
@@ -90,7 +101,38 @@ impl LayerHeader {
             extern_count: 0,
             extern_crc32: crc32fast::hash(&[]),
             created_ns,
+            map2_offset: 0,
+            hash2_offset: 0,
+            extern2_offset: 0,
         }
+    }
+
+    /// The regions of one kind: the region and its copy (if the header names one).
+    pub fn copies(&self, r: Region, copy_offset: u64) -> Vec<Region> {
+        let mut v = vec![r];
+        if copy_offset != 0 && r.len != 0 {
+            v.push(Region {
+                offset: copy_offset,
+                len: r.len,
+            });
+        }
+        v
+    }
+
+    /// The map region and its copy.
+    pub fn map_copies(&self) -> Vec<Region> {
+        self.copies(self.map_region(), self.map2_offset)
+    }
+
+    /// The hash table and its copy.
+    pub fn hash_copies(&self) -> Vec<Region> {
+        let off = if self.sealed { self.hash2_offset } else { 0 };
+        self.copies(self.hash_region(), off)
+    }
+
+    /// The extern table and its copy.
+    pub fn extern_copies(&self) -> Vec<Region> {
+        self.copies(self.extern_region(), self.extern2_offset)
     }
 
     /// The map region.
@@ -125,7 +167,7 @@ impl LayerHeader {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; SLOT_SIZE];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.generation.to_le_bytes());
         b[24..40].copy_from_slice(&self.layer_id.0);
@@ -146,6 +188,9 @@ impl LayerHeader {
         b[112..116].copy_from_slice(&self.extern_count.to_le_bytes());
         b[116..120].copy_from_slice(&self.extern_crc32.to_le_bytes());
         b[120..128].copy_from_slice(&self.created_ns.to_le_bytes());
+        b[128..136].copy_from_slice(&self.map2_offset.to_le_bytes());
+        b[136..144].copy_from_slice(&self.hash2_offset.to_le_bytes());
+        b[144..152].copy_from_slice(&self.extern2_offset.to_le_bytes());
         let crc = crc32fast::hash(&b[0..252]);
         b[252..256].copy_from_slice(&crc.to_le_bytes());
         b
@@ -169,10 +214,10 @@ impl LayerHeader {
             return Err(FieldError::checksum(f("header_crc32")));
         }
         let version = le32(b, 8);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(FieldError::new(
                 f("format_version"),
-                format!("{version} (this build reads 1)"),
+                format!("{version} (this build reads {MIN_VERSION} to {VERSION})"),
             ));
         }
         if le32(b, 12) != HEADER_LEN as u32 {
@@ -207,6 +252,7 @@ impl LayerHeader {
             ));
         }
         let h = LayerHeader {
+            version,
             generation,
             layer_id: Id(id),
             geometry,
@@ -222,11 +268,15 @@ impl LayerHeader {
             extern_count: le32(b, 112),
             extern_crc32: le32(b, 116),
             created_ns: le64(b, 120),
+            map2_offset: le64(b, 128),
+            hash2_offset: le64(b, 136),
+            extern2_offset: le64(b, 144),
         };
-        if b[128..252].iter().any(|&x| x != 0) {
+        let reserved_from = if version == 1 { 128 } else { 152 };
+        if b[reserved_from..252].iter().any(|&x| x != 0) {
             return Err(FieldError::new(
                 f("reserved"),
-                "bytes 128..252 are not zero",
+                format!("bytes {reserved_from}..252 are not zero"),
             ));
         }
         if h.map_entries > geometry.cluster_count() {
@@ -239,22 +289,49 @@ impl LayerHeader {
                 ),
             ));
         }
+        if h.map_entries * super::map::ENTRY_SIZE as u64 > crate::limits::MAX_MAP_REGION_BYTES {
+            return Err(FieldError::new(
+                f("map_entries"),
+                format!(
+                    "{} entries exceed the map-region limit of {} bytes",
+                    h.map_entries,
+                    crate::limits::MAX_MAP_REGION_BYTES
+                ),
+            ));
+        }
         if h.extern_count > MAX_EXTERNS {
             return Err(FieldError::new(
                 f("extern_count"),
                 format!("{} > {MAX_EXTERNS}", h.extern_count),
             ));
         }
-        if !h.sealed && h.hash_offset != 0 {
+        if !h.sealed && (h.hash_offset != 0 || h.hash2_offset != 0) {
             return Err(FieldError::new(
                 f("hash_offset"),
                 "set on an unsealed layer",
             ));
         }
+        // A copy is named exactly when its region is present (version 2 writes both).
+        for (name, r, copy) in [
+            ("map2_offset", h.map_region(), h.map2_offset),
+            ("hash2_offset", h.hash_region(), h.hash2_offset),
+            ("extern2_offset", h.extern_region(), h.extern2_offset),
+        ] {
+            if copy != 0 && r.len == 0 {
+                return Err(FieldError::new(f(name), "set for an absent region"));
+            }
+        }
+        let copy = |r: Region, off: u64| Region {
+            offset: off,
+            len: if off == 0 { 0 } else { r.len },
+        };
         let regions = [
             ("map_offset", h.map_region()),
             ("hash_offset", h.hash_region()),
             ("extern_offset", h.extern_region()),
+            ("map2_offset", copy(h.map_region(), h.map2_offset)),
+            ("hash2_offset", copy(h.hash_region(), h.hash2_offset)),
+            ("extern2_offset", copy(h.extern_region(), h.extern2_offset)),
         ];
         for (i, (name, r)) in regions.iter().enumerate() {
             if r.len == 0 {
@@ -339,6 +416,8 @@ mod tests {
         h.map_entries = 3;
         h.sealed = true;
         h.hash_offset = 65536 + 4096;
+        h.map2_offset = 65536 + 8192;
+        h.hash2_offset = 65536 + 12288;
         h
     }
 
@@ -362,6 +441,24 @@ mod tests {
         }
         // a region past the end of the file
         assert!(LayerHeader::decode(&b, "slot", 65536 + 50).is_err());
+        // overlapping copies
+        let mut h = sample();
+        h.map2_offset = h.map_offset;
+        assert!(LayerHeader::decode(&h.encode(), "slot", 1 << 20).is_err());
+    }
+
+    #[test]
+    fn version_1_has_no_copies() {
+        let mut h = sample();
+        h.version = 1;
+        h.map2_offset = 0;
+        h.hash2_offset = 0;
+        let b = h.encode();
+        let d = LayerHeader::decode(&b, "slot", 1 << 20).unwrap();
+        assert_eq!(d, h);
+        assert_eq!(d.map_copies().len(), 1);
+        h.map2_offset = 65536 + 8192;
+        assert!(LayerHeader::decode(&h.encode(), "slot", 1 << 20).is_err());
     }
 
     #[test]

@@ -7,8 +7,12 @@ use std::collections::{HashMap, HashSet};
 
 /// Magic of the manifest envelope.
 pub const MAGIC: &[u8; 8] = b"VDSKMNFT";
-/// Envelope version.
-pub const VERSION: u32 = 1;
+/// Envelope version written (format-spec/bundle.md §2).
+pub const VERSION: u32 = 2;
+/// Oldest envelope version read.
+pub const MIN_VERSION: u32 = 1;
+/// Longest object name of a layer file: it must fit an extern table entry (layer.md §6).
+pub const MAX_LAYER_NAME: usize = crate::format::header::EXTERN_ENTRY;
 /// Envelope header length.
 pub const HEADER_LEN: usize = 64;
 /// Largest payload accepted.
@@ -123,6 +127,7 @@ pub fn check_object_name(name: &str) -> bool {
     (dir == "layers" || dir == "state")
         && !file.is_empty()
         && file.len() <= 96
+        && (dir != "layers" || name.len() <= MAX_LAYER_NAME)
         && file
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
@@ -130,7 +135,98 @@ pub fn check_object_name(name: &str) -> bool {
         && file != ".."
 }
 
+/// An index of a manifest's layer tree by id, built in O(layers), so walks over chains of
+/// 1,000 layers cost O(depth), not O(depth × layers).
+pub struct LayerIndex<'a> {
+    m: &'a Manifest,
+    pos: HashMap<Id, usize>,
+}
+
+impl<'a> LayerIndex<'a> {
+    /// Index `m`'s layers (the first record wins for a duplicate id; validate() refuses those).
+    pub fn new(m: &'a Manifest) -> Self {
+        let mut pos = HashMap::with_capacity(m.layers.len());
+        for (i, l) in m.layers.iter().enumerate() {
+            pos.entry(l.id).or_insert(i);
+        }
+        LayerIndex { m, pos }
+    }
+
+    /// The layer record with `id`.
+    pub fn get(&self, id: Id) -> Option<&'a LayerRecord> {
+        self.pos.get(&id).map(|&i| &self.m.layers[i])
+    }
+
+    /// Ids from the base up to and including `top` (stops at a missing parent or a cycle).
+    pub fn chain(&self, top: Id) -> Vec<Id> {
+        let mut out = Vec::new();
+        let mut cur = Some(top);
+        while let Some(id) = cur {
+            out.push(id);
+            if out.len() > MAX_LAYERS {
+                break; // validate() refuses cycles; this only guards unvalidated use
+            }
+            cur = self.get(id).and_then(|l| l.parent);
+        }
+        out.reverse();
+        out
+    }
+
+    /// Depth (layers from the base, inclusive) of every layer, in O(layers) total; `None`
+    /// for a layer on a cycle or above a missing parent.
+    pub fn depths(&self) -> HashMap<Id, Option<usize>> {
+        let mut depth: HashMap<Id, Option<usize>> = HashMap::with_capacity(self.pos.len());
+        for l in &self.m.layers {
+            if depth.contains_key(&l.id) {
+                continue;
+            }
+            // Walk up to a known layer (or the base), then assign on the way back down.
+            let mut path: Vec<Id> = Vec::new();
+            let mut on_path: std::collections::HashSet<Id> = std::collections::HashSet::new();
+            let mut cur = Some(l.id);
+            let mut below: Option<usize> = Some(0);
+            while let Some(id) = cur {
+                if let Some(d) = depth.get(&id) {
+                    below = *d;
+                    break;
+                }
+                if !on_path.insert(id) || path.len() > MAX_LAYERS {
+                    below = None; // a cycle
+                    break;
+                }
+                let Some(rec) = self.get(id) else {
+                    below = None; // a missing parent
+                    break;
+                };
+                path.push(id);
+                cur = rec.parent;
+            }
+            for id in path.into_iter().rev() {
+                below = below.map(|d| d + 1).filter(|&d| d <= MAX_LAYERS);
+                depth.insert(id, below);
+            }
+        }
+        depth
+    }
+
+    /// Number of children of every layer that has any.
+    pub fn child_counts(&self) -> HashMap<Id, usize> {
+        let mut n = HashMap::new();
+        for l in &self.m.layers {
+            if let Some(p) = l.parent {
+                *n.entry(p).or_insert(0) += 1;
+            }
+        }
+        n
+    }
+}
+
 impl Manifest {
+    /// An index of the layer tree (for walks over many layers).
+    pub fn index(&self) -> LayerIndex<'_> {
+        LayerIndex::new(self)
+    }
+
     /// The layer record with `id`.
     pub fn layer(&self, id: Id) -> Option<&LayerRecord> {
         self.layers.iter().find(|l| l.id == id)
@@ -154,19 +250,9 @@ impl Manifest {
             .ok_or_else(|| crate::Error::SnapshotNotFound(name.to_string()))
     }
 
-    /// Ids from the base up to and including `top`.
+    /// Ids from the base up to and including `top`. O(layers).
     pub fn chain(&self, top: Id) -> Vec<Id> {
-        let mut out = Vec::new();
-        let mut cur = Some(top);
-        while let Some(id) = cur {
-            out.push(id);
-            if out.len() > MAX_LAYERS {
-                break; // validate() refuses cycles; this only guards unvalidated use
-            }
-            cur = self.layer(id).and_then(|l| l.parent);
-        }
-        out.reverse();
-        out
+        self.index().chain(top)
     }
 
     /// Children of `id`.
@@ -179,16 +265,22 @@ impl Manifest {
     }
 
     /// Layers still referenced (by a snapshot, the active layer, or as ancestors of those).
+    /// O(layers + snapshots): each walk stops at the first layer already kept.
     pub fn referenced_layers(&self) -> HashSet<Id> {
-        let mut keep = HashSet::new();
+        let idx = self.index();
+        let mut keep = HashSet::with_capacity(self.layers.len());
         let tops = self
             .snapshots
             .iter()
             .map(|s| s.layer)
             .chain(std::iter::once(self.active_layer));
         for top in tops {
-            for id in self.chain(top) {
-                keep.insert(id);
+            let mut cur = Some(top);
+            while let Some(id) = cur {
+                if !keep.insert(id) || keep.len() > MAX_LAYERS {
+                    break;
+                }
+                cur = idx.get(id).and_then(|l| l.parent);
             }
         }
         keep
@@ -257,19 +349,21 @@ impl Manifest {
                     );
                 }
             }
-            // cycle / depth check
-            let mut depth = 0usize;
-            let mut cur = l.parent;
-            while let Some(p) = cur {
-                depth += 1;
-                if depth > MAX_LAYERS || p == l.id {
-                    return err(
-                        "layers.parent",
-                        format!("layer {} is part of a cycle", l.id),
-                    );
-                }
-                cur = by_id.get(&p).and_then(|r| r.parent);
-            }
+        }
+        // cycle / depth check, O(layers) (every parent is known by now)
+        let depths = self.index().depths();
+        if let Some(l) = self
+            .layers
+            .iter()
+            .find(|l| depths.get(&l.id).copied().flatten().is_none())
+        {
+            return err(
+                "layers.parent",
+                format!(
+                    "layer {} is part of a cycle or deeper than {MAX_LAYERS}",
+                    l.id
+                ),
+            );
         }
         let Some(active) = by_id.get(&self.active_layer) else {
             return err(
@@ -324,7 +418,7 @@ impl Manifest {
 
     /// Encode envelope + payload.
     pub fn encode(&self) -> Vec<u8> {
-        let payload = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let payload = serde_json::to_vec(self).unwrap_or_default();
         wrap_payload(self.generation, &payload)
     }
 
@@ -379,10 +473,10 @@ impl Manifest {
             return Err(FieldError::checksum("header_crc32"));
         }
         let version = le32(b, 8);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(FieldError::new(
                 "format_version",
-                format!("{version} (this build reads 1)"),
+                format!("{version} (this build reads {MIN_VERSION} to {VERSION})"),
             ));
         }
         if le32(b, 12) != 0 {
@@ -503,6 +597,42 @@ mod tests {
         let mut m = sample();
         m.snapshots[0].name = "a/b".into();
         assert!(Manifest::decode(&m.encode()).is_err(), "bad name");
+    }
+
+    #[test]
+    fn index_walks_deep_trees_and_finds_cycles() {
+        let mut m = sample();
+        let mut prev = m.active_layer;
+        m.layers[1].sealed = true;
+        for i in 0..3000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            id[15] = 0xee;
+            m.layers.push(LayerRecord {
+                id: Id(id),
+                parent: Some(prev),
+                file: format!("layers/x{i}.layer"),
+                sealed: true,
+                externs: vec![],
+                created_ns: 1,
+            });
+            prev = Id(id);
+        }
+        m.layers.last_mut().unwrap().sealed = false;
+        m.active_layer = prev;
+        m.validate().unwrap();
+        let d = m.index().depths();
+        assert_eq!(d[&prev], Some(3002));
+        assert_eq!(m.chain(prev).len(), 3002);
+        assert_eq!(m.referenced_layers().len(), 3002);
+        // a cycle and a missing parent
+        let mut c = m.clone();
+        c.layers[0].parent = Some(prev);
+        assert!(c.index().depths().values().all(|d| d.is_none()));
+        assert!(c.validate().is_err());
+        let mut c = m.clone();
+        c.layers[0].parent = Some(Id([0x55; 16]));
+        assert!(c.validate().is_err());
     }
 
     #[test]

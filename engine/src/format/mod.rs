@@ -3,6 +3,7 @@
 //! Nothing here does I/O: `decode` functions take bytes, check every field and return a
 //! [`FieldError`](crate::error::FieldError) naming the field they refuse.
 
+pub mod delta;
 pub mod geometry;
 pub mod header;
 pub mod id;

@@ -1,7 +1,10 @@
 //! The active (writable) layer: copy-on-write at subcluster granularity, journaled map
 //! updates, checkpoints and sealing (format-spec/recovery.md §1–3).
 
-use super::data::{check_entry_bounds, encode_externs, open_externs, read_externs, read_map};
+use super::data::{
+    check_entry_bounds, encode_externs, is_fresh, open_externs, read_externs, read_map,
+    replay_note, replay_object, SourceIndex,
+};
 use super::table::EntryTable;
 use super::{check_header_identity, hash_entries, read_entry_data, read_header, LayerData};
 use crate::error::{Error, Result};
@@ -53,14 +56,19 @@ pub struct ActiveLayer {
     pub file_name: String,
     geometry: Geometry,
     obj: Arc<dyn Object>,
-    journal: Arc<dyn Object>,
+    store: Arc<dyn Store>,
+    /// The journal, created (durably) before the layer file's first sync other than a seal's:
+    /// an active layer without a valid header slot and without a journal was never synced
+    /// (format-spec/recovery.md §5).
+    journal: Option<Arc<dyn Object>>,
     /// Data objects: [own, externs…].
     files: Vec<Arc<dyn Object>>,
     extern_names: Vec<String>,
     header: LayerHeader,
     current_slot: usize,
-    /// A map region no header slot names (reusable by the next checkpoint).
-    free_map: Option<Region>,
+    /// Map regions (the map and its copy) no header slot names (reusable by the next
+    /// checkpoint).
+    free_map: Option<(Region, Region)>,
     map: EntryTable,
     dirty: FxHashSet<u64>,
     unsynced: bool,
@@ -69,6 +77,8 @@ pub struct ActiveLayer {
     journal_seq: u64,
     /// Set when recovery replayed a journal or unsealed the layer.
     pub recovery_note: Option<String>,
+    /// Externs indexed for verifying the data this layer references in them.
+    sources: std::collections::HashMap<u16, Arc<SourceIndex>>,
 }
 
 fn io_err(obj: &Arc<dyn Object>, op: &'static str) -> impl FnOnce(io::Error) -> Error {
@@ -76,10 +86,66 @@ fn io_err(obj: &Arc<dyn Object>, op: &'static str) -> impl FnOnce(io::Error) -> 
     move |e| Error::io(name, op, e)
 }
 
+/// Slot A of a new layer and a zero slot B.
+fn write_fresh_header(obj: &Arc<dyn Object>, header: &LayerHeader) -> Result<()> {
+    obj.write_all_at(&header.encode(), 0)
+        .map_err(io_err(obj, "write header"))?;
+    obj.write_all_at(&vec![0u8; SLOT_SIZE], SLOT_SIZE as u64)
+        .map_err(io_err(obj, "write header"))
+}
+
+/// The journal object `jname`, created empty or truncated.
+fn empty_journal(store: &dyn Store, jname: &str) -> Result<Arc<dyn Object>> {
+    match store.create_object(jname) {
+        Ok(j) => Ok(j),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let j = store
+                .open_object(jname, true)
+                .map_err(|e| Error::io(jname, "open", e))?;
+            j.set_len(0).map_err(|e| Error::io(jname, "truncate", e))?;
+            Ok(j)
+        }
+        Err(e) => Err(Error::io(jname, "create", e)),
+    }
+}
+
 impl ActiveLayer {
+    /// An empty layer over an object whose header was just written.
+    fn create_from(
+        store: &Arc<dyn Store>,
+        obj: Arc<dyn Object>,
+        file_name: &str,
+        id: Id,
+        geometry: Geometry,
+        header: LayerHeader,
+        journal: Option<Arc<dyn Object>>,
+    ) -> Result<ActiveLayer> {
+        Ok(ActiveLayer {
+            id,
+            file_name: file_name.to_string(),
+            geometry,
+            files: vec![obj.clone()],
+            obj,
+            store: store.clone(),
+            journal,
+            extern_names: Vec::new(),
+            header,
+            current_slot: 0,
+            free_map: None,
+            map: EntryTable::new(geometry.cluster_count())?,
+            dirty: FxHashSet::default(),
+            unsynced: false,
+            alloc_end: first_data(&geometry),
+            journal_len: 0,
+            journal_seq: 0,
+            recovery_note: None,
+            sources: Default::default(),
+        })
+    }
+
     /// Create a new, empty active layer file `file_name`.
     pub fn create(
-        store: &dyn Store,
+        store: &Arc<dyn Store>,
         file_name: &str,
         id: Id,
         geometry: Geometry,
@@ -89,50 +155,24 @@ impl ActiveLayer {
             .create_object(file_name)
             .map_err(|e| Error::io(file_name, "create", e))?;
         let header = LayerHeader::new_empty(id, geometry, created_ns);
-        obj.write_all_at(&header.encode(), 0)
-            .map_err(io_err(&obj, "write header"))?;
-        obj.write_all_at(&vec![0u8; SLOT_SIZE], SLOT_SIZE as u64)
-            .map_err(io_err(&obj, "write header"))?;
-        obj.sync().map_err(io_err(&obj, "sync"))?;
-        let jname = journal_name(file_name);
-        let journal = match store.create_object(&jname) {
-            Ok(j) => j,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let j = store
-                    .open_object(&jname, true)
-                    .map_err(|e| Error::io(&jname, "open", e))?;
-                j.set_len(0).map_err(|e| Error::io(&jname, "truncate", e))?;
-                j
-            }
-            Err(e) => return Err(Error::io(&jname, "create", e)),
-        };
-        Ok(ActiveLayer {
-            id,
-            file_name: file_name.to_string(),
-            geometry,
-            files: vec![obj.clone()],
-            obj,
-            journal,
-            extern_names: Vec::new(),
-            header,
-            current_slot: 0,
-            free_map: None,
-            map: EntryTable::new(geometry.cluster_count()),
-            dirty: FxHashSet::default(),
-            unsynced: false,
-            alloc_end: first_data(&geometry),
-            journal_len: 0,
-            journal_seq: 0,
-            recovery_note: None,
-        })
+        // Not synced here, and no journal yet: a file that loses these writes in a crash
+        // reads as the empty layer it is (format-spec/recovery.md §3 step 1, §5); the first
+        // flush creates the journal and syncs them.
+        write_fresh_header(&obj, &header)?;
+        // A journal left by an earlier life of this name would make the layer look flushed.
+        store
+            .remove_object(&journal_name(file_name))
+            .map_err(|e| Error::io(journal_name(file_name), "remove", e))?;
+        Self::create_from(store, obj, file_name, id, geometry, header, None)
     }
 
     /// Open the active layer of `record` for writing, recovering from a crash if needed.
     pub fn open(
-        store: &dyn Store,
+        store: &Arc<dyn Store>,
         record: &LayerRecord,
         geometry: Geometry,
     ) -> Result<ActiveLayer> {
+        let store_ref: &dyn Store = store.as_ref();
         let name = record.file.clone();
         let obj = store.open_object(&name, true).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -143,43 +183,63 @@ impl ActiveLayer {
                 Error::io(&name, "open", e)
             }
         })?;
-        let (header, current_slot, _, len) = read_header(&obj)?;
+        let (header, current_slot, _, len) = match read_header(&obj) {
+            Ok(x) => x,
+            Err(_) if is_fresh(store_ref, &obj, &name) => {
+                // Created by a snapshot or revert whose writes a crash lost before anything
+                // was synced: the empty layer it was (recovery.md §5). Write its header now,
+                // its journal first (the layer has been synced from then on).
+                let h = LayerHeader::new_empty(record.id, geometry, record.created_ns);
+                let journal = empty_journal(store_ref, &journal_name(&name))?;
+                obj.set_len(0).map_err(io_err(&obj, "truncate"))?;
+                write_fresh_header(&obj, &h)?;
+                obj.sync().map_err(io_err(&obj, "sync"))?;
+                let mut l = ActiveLayer::create_from(
+                    store,
+                    obj,
+                    &name,
+                    record.id,
+                    geometry,
+                    h,
+                    Some(journal),
+                )?;
+                l.unsynced = false;
+                l.recovery_note = Some(format!(
+                    "{name}: a new active layer whose creation was not synced before a crash; initialised empty"
+                ));
+                return Ok(l);
+            }
+            Err(e) => return Err(e),
+        };
         check_header_identity(&name, &header, &geometry, record.id)?;
-        let extern_names = read_externs(&obj, &header)?;
+        let extern_names = read_externs(&obj, &header)?.value;
         let mut files = vec![obj.clone()];
-        files.extend(open_externs(store, record, &extern_names, &name)?);
-        let mut map = EntryTable::new(geometry.cluster_count());
-        for e in read_map(&obj, &header)? {
-            map.set(e);
+        files.extend(open_externs(store_ref, record, &extern_names, &name)?);
+        let mut map = EntryTable::new(geometry.cluster_count())?;
+        for e in read_map(&obj, &header)?.value {
+            map.set(e)?;
         }
         let jname = journal_name(&name);
         let journal = match store.open_object(&jname, true) {
-            Ok(j) => j,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => store
-                .create_object(&jname)
-                .map_err(|e| Error::io(&jname, "create", e))?,
+            Ok(j) => Some(j),
+            // Never flushed: created before the layer's first sync (recovery.md §5).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&jname, "open", e)),
         };
-        let jlen = journal.len().map_err(|e| Error::io(&jname, "stat", e))?;
-        if jlen > MAX_JOURNAL_LEN {
-            return Err(Error::format(
-                &jname,
-                "length",
-                format!("{jlen} bytes exceeds 4 GiB"),
-            ));
-        }
-        let mut jbytes = vec![0u8; jlen as usize];
-        journal
-            .read_exact_at(&mut jbytes, 0)
-            .map_err(|e| Error::io(&jname, "read", e))?;
-        let replay = journal::replay(
-            &jbytes,
-            header.journal_epoch,
-            &geometry,
-            header.extern_count,
-        );
-        for e in &replay.entries {
-            map.set(*e);
+        let mut jlen = 0;
+        let mut replay = journal::Replay::default();
+        if let Some(j) = &journal {
+            jlen = j.len().map_err(|e| Error::io(&jname, "stat", e))?;
+            if jlen > MAX_JOURNAL_LEN {
+                return Err(Error::format(
+                    &jname,
+                    "length",
+                    format!("{jlen} bytes exceeds the journal limit of {MAX_JOURNAL_LEN}"),
+                ));
+            }
+            replay = replay_object(j.as_ref(), &jname, &header, &mut |es| {
+                es.iter().try_for_each(|e| map.set(*e))
+            })?;
         }
         let mut lens = Vec::with_capacity(files.len());
         for f in &files {
@@ -189,18 +249,7 @@ impl ActiveLayer {
             check_entry_bounds(e, &geometry, &lens, &name)?;
         }
         let needs_checkpoint = replay.records > 0 || header.sealed || replay.valid_len < jlen;
-        let mut note = None;
-        if replay.records > 0 || replay.stopped.is_some() {
-            note = Some(format!(
-                "{jname}: replayed {} journal records{}",
-                replay.records,
-                replay
-                    .stopped
-                    .as_deref()
-                    .map(|w| format!(", discarded the rest ({w})"))
-                    .unwrap_or_default()
-            ));
-        }
+        let mut note = replay_note(&jname, &replay);
         if header.sealed {
             note = Some(format!(
                 "{name}: sealed by an interrupted snapshot; unsealed"
@@ -212,6 +261,7 @@ impl ActiveLayer {
             geometry,
             files,
             obj,
+            store: store.clone(),
             journal,
             extern_names,
             header,
@@ -224,6 +274,7 @@ impl ActiveLayer {
             journal_len: jlen,
             journal_seq: replay.records,
             recovery_note: note,
+            sources: Default::default(),
         };
         if needs_checkpoint {
             layer.checkpoint(None)?;
@@ -237,10 +288,10 @@ impl ActiveLayer {
         self.map.get(c)
     }
 
-    /// True when no cluster of the 1024-cluster run holding `c` has an entry.
+    /// When no cluster of the run holding `c` has an entry: the first cluster after it.
     #[inline]
-    pub(crate) fn chunk_empty(&self, c: u64) -> bool {
-        self.map.chunk_empty(c)
+    pub(crate) fn empty_until(&self, c: u64) -> Option<u64> {
+        self.map.empty_until(c)
     }
 
     /// Number of clusters with an entry.
@@ -273,6 +324,7 @@ impl ActiveLayer {
             e.file_index,
             s,
             self.geometry.subcluster_size(),
+            0,
         ))
     }
 
@@ -305,11 +357,30 @@ impl ActiveLayer {
             .map_err(io_err(&self.obj, "write data"))
     }
 
-    /// Move an entry whose data is compressed or in an extern into an own uncompressed area.
+    /// Move an entry whose data is compressed or in an extern into an own uncompressed area,
+    /// verifying data in an extern against that extern's hash first (chain.md §2).
     fn localize(&mut self, e: MapEntry) -> Result<MapEntry> {
         let g = self.geometry;
         let mut data = Vec::new();
-        read_entry_data(&self.files, &e, &g, &mut data)?;
+        if e.file_index != 0 {
+            let src = match self.sources.get(&e.file_index) {
+                Some(s) => s.clone(),
+                None => {
+                    let f = self.files.get(usize::from(e.file_index)).ok_or_else(|| {
+                        Error::Internal(format!(
+                            "no data file {} in the active layer",
+                            e.file_index
+                        ))
+                    })?;
+                    let s = Arc::new(SourceIndex::open(f, &g)?);
+                    self.sources.insert(e.file_index, s.clone());
+                    s
+                }
+            };
+            src.read_verified(&e, &mut data, "a write to the head (copy-on-write)")?;
+        } else {
+            read_entry_data(&self.files, &e, &g, &mut data)?;
+        }
         let area = self.alloc_area();
         let sub = g.subcluster_size() as usize;
         let mut k = 0;
@@ -457,7 +528,7 @@ impl ActiveLayer {
             e.zero &= !bit;
         }
         if orig != Some(e) && !(orig.is_none() && e.is_void()) {
-            self.map.set(e);
+            self.map.set(e)?;
             self.dirty.insert(c);
         }
         Ok(())
@@ -496,12 +567,28 @@ impl ActiveLayer {
     /// subclusters into this layer's cluster area otherwise. The content read through this
     /// layer is unchanged; afterwards it no longer needs the parent. Returns (bytes copied,
     /// bytes referenced). Durable (checkpointed) on return.
-    pub(crate) fn absorb(&mut self, parent: &LayerData) -> Result<(u64, u64)> {
+    /// Verify every parent entry [`ActiveLayer::absorb`] would copy (rather than reference),
+    /// without changing anything: a fold into the active layer refuses damaged data before it
+    /// starts (format-spec/merge.md §4).
+    pub(crate) fn check_absorb(&self, parent: &LayerData, context: &str) -> Result<()> {
+        let tight = self.extern_names.len() + parent.files.len()
+            > crate::format::header::MAX_EXTERNS as usize;
+        for (k, ep) in parent.entries.iter().enumerate() {
+            let e = self.map.get(ep.guest_cluster).copied().unwrap_or_default();
+            let need_data = ep.alloc & !e.decided();
+            if need_data != 0 && (e.alloc != 0 || tight) {
+                parent.verify_entry(k, context)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn absorb(&mut self, parent: &LayerData, context: &str) -> Result<(u64, u64)> {
         let g = self.geometry;
         let sub = g.subcluster_size() as usize;
         let (mut copied, mut referenced) = (0u64, 0u64);
         let mut data = Vec::new();
-        for ep in &parent.entries {
+        for (k, ep) in parent.entries.iter().enumerate() {
             let c = ep.guest_cluster;
             let mut e = self.map.get(c).copied().unwrap_or(MapEntry::empty(c));
             let need = ep.decided() & !e.decided();
@@ -534,24 +621,24 @@ impl ActiveLayer {
                             e.file_index = 0;
                             e.compressed_len = 0;
                         }
-                        read_entry_data(&parent.files, ep, &g, &mut data)?;
-                        let mut k = 0;
+                        parent.read_verified(k, &mut data, context)?;
+                        let mut j = 0;
                         for i in 0..g.subclusters() {
                             if ep.alloc & (1 << i) == 0 {
                                 continue;
                             }
                             if need_data & (1 << i) != 0 {
-                                let chunk = data[k * sub..(k + 1) * sub].to_vec();
+                                let chunk = data[j * sub..(j + 1) * sub].to_vec();
                                 self.write_data(&chunk, e.data_offset + u64::from(i) * sub as u64)?;
                                 copied += sub as u64;
                             }
-                            k += 1;
+                            j += 1;
                         }
                         e.alloc |= need_data;
                     }
                 }
             }
-            self.map.set(e);
+            self.map.set(e)?;
             self.dirty.insert(c);
         }
         self.dirty.clear();
@@ -559,9 +646,21 @@ impl ActiveLayer {
         Ok((copied, referenced))
     }
 
+    /// The journal, created (durably) now if the layer has none yet — before the layer file
+    /// is first synced (format-spec/recovery.md §5).
+    fn journal(&mut self) -> Result<Arc<dyn Object>> {
+        if let Some(j) = &self.journal {
+            return Ok(j.clone());
+        }
+        let j = empty_journal(self.store.as_ref(), &journal_name(&self.file_name))?;
+        self.journal = Some(j.clone());
+        Ok(j)
+    }
+
     /// Make every acknowledged write durable: data, then the journal.
     pub fn flush(&mut self) -> Result<()> {
         if self.unsynced || !self.dirty.is_empty() {
+            self.journal()?;
             self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
             self.unsynced = false;
         }
@@ -572,16 +671,22 @@ impl ActiveLayer {
                 .iter()
                 .map(|c| self.map.get(*c).copied().unwrap_or(MapEntry::empty(*c)))
                 .collect();
+            let journal = self.journal()?;
             for chunk in entries.chunks(MAX_ENTRIES) {
-                let rec =
-                    journal::encode_record(self.header.journal_epoch, self.journal_seq, chunk);
-                self.journal
+                // The record and its copy, 4 KiB apart (layer.md §5).
+                let rec = journal::encode_pair(
+                    self.header.journal_epoch,
+                    self.journal_seq,
+                    chunk,
+                    self.journal_len,
+                );
+                journal
                     .write_all_at(&rec, self.journal_len)
-                    .map_err(io_err(&self.journal, "append"))?;
+                    .map_err(io_err(&journal, "append"))?;
                 self.journal_len += rec.len() as u64;
                 self.journal_seq += 1;
             }
-            self.journal.sync().map_err(io_err(&self.journal, "sync"))?;
+            journal.sync().map_err(io_err(&journal, "sync"))?;
             self.dirty.clear();
         }
         if self.journal_len > CHECKPOINT_JOURNAL_BYTES {
@@ -594,6 +699,9 @@ impl ActiveLayer {
     fn checkpoint(&mut self, seal: Option<(&[MapEntry], &[[u8; 32]])>) -> Result<()> {
         // Data written so far and the new map, hash and extern regions are made durable by
         // one sync before the header names them.
+        if seal.is_none() {
+            self.journal()?;
+        }
         let owned_entries;
         let entries: &[MapEntry] = match seal {
             Some((e, _)) => e,
@@ -604,25 +712,33 @@ impl ActiveLayer {
         };
         let map_bytes = encode_map(entries);
         let mut h = self.header.clone();
+        h.version = crate::format::header::VERSION;
         h.generation += 1;
         h.journal_epoch += 1;
         h.map_entries = entries.len() as u64;
         h.map_crc32 = crc32fast::hash(&map_bytes);
         h.map_offset = 0;
+        h.map2_offset = 0;
         if !map_bytes.is_empty() {
-            // Reuse the region of the map before the current one when it is big enough:
-            // neither header slot names it.
-            let reuse = self.free_map.filter(|r| r.len >= map_bytes.len() as u64);
-            h.map_offset = match reuse {
-                Some(r) => r.offset,
-                None => self.alloc_meta(map_bytes.len() as u64),
+            // Reuse the regions of the map before the current one when they are big enough:
+            // neither header slot names them.
+            let len = map_bytes.len() as u64;
+            let reuse = self.free_map.filter(|(a, b)| a.len >= len && b.len >= len);
+            let (at, at2) = match reuse {
+                Some((a, b)) => (a.offset, b.offset),
+                None => (self.alloc_meta(len), self.alloc_meta(len)),
             };
-            self.obj
-                .write_all_at(&map_bytes, h.map_offset)
-                .map_err(io_err(&self.obj, "write map"))?;
+            h.map_offset = at;
+            h.map2_offset = at2;
+            for off in [at, at2] {
+                self.obj
+                    .write_all_at(&map_bytes, off)
+                    .map_err(io_err(&self.obj, "write map"))?;
+            }
         }
         h.sealed = false;
         h.hash_offset = 0;
+        h.hash2_offset = 0;
         h.hash_crc32 = crc32fast::hash(&[]);
         if let Some((_, hashes)) = seal {
             let mut hb = Vec::with_capacity(hashes.len() * 32);
@@ -632,44 +748,51 @@ impl ActiveLayer {
             h.sealed = true;
             h.hash_crc32 = crc32fast::hash(&hb);
             if !hb.is_empty() {
-                h.hash_offset = self.alloc_meta(hb.len() as u64);
-                self.obj
-                    .write_all_at(&hb, h.hash_offset)
-                    .map_err(io_err(&self.obj, "write hash table"))?;
+                h.hash_offset = self.write_meta(&hb, "write hash table")?;
+                h.hash2_offset = self.write_meta(&hb, "write hash table copy")?;
             }
         }
-        if self.extern_names.len() as u32 != h.extern_count {
+        if self.extern_names.len() as u32 != h.extern_count || h.extern2_offset == 0 {
             let xb = encode_externs(&self.extern_names);
             h.extern_count = self.extern_names.len() as u32;
             h.extern_crc32 = crc32fast::hash(&xb);
             h.extern_offset = 0;
+            h.extern2_offset = 0;
             if !xb.is_empty() {
-                h.extern_offset = self.alloc_meta(xb.len() as u64);
-                self.obj
-                    .write_all_at(&xb, h.extern_offset)
-                    .map_err(io_err(&self.obj, "write extern table"))?;
+                h.extern_offset = self.write_meta(&xb, "write extern table")?;
+                h.extern2_offset = self.write_meta(&xb, "write extern table copy")?;
             }
         }
+        // Data written so far and the new regions are durable before a header names them.
         self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
         self.unsynced = false;
-        // Write the new header into the slot that is not current, then a copy (generation + 1)
-        // into the other one: a torn write of either leaves a valid slot naming a consistent
-        // state, and damage to one slot later is survived by its twin.
+        // The new header into the slot that is not current and its twin (generation + 1) into
+        // the current one, then one sync: each slot lies in one sector, so after a crash each
+        // holds its old or its new header, both naming synced regions (recovery.md §2).
+        let mut twin = h.clone();
+        twin.generation += 1;
         let slot = 1 - self.current_slot;
         self.obj
             .write_all_at(&h.encode(), (slot * SLOT_SIZE) as u64)
             .map_err(io_err(&self.obj, "write header"))?;
-        self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
-        let mut twin = h.clone();
-        twin.generation += 1;
         self.obj
             .write_all_at(&twin.encode(), (self.current_slot * SLOT_SIZE) as u64)
             .map_err(io_err(&self.obj, "write header"))?;
         self.obj.sync().map_err(io_err(&self.obj, "sync"))?;
         let old = std::mem::replace(&mut self.header, twin);
-        // The previous map region is named by neither slot now: free for the next checkpoint.
-        self.free_map =
-            Some(old.map_region()).filter(|r| r.len > 0 && r.offset != self.header.map_offset);
+        // The previous map regions are named by neither slot now: free for the next checkpoint.
+        let (a, b) = (
+            old.map_region(),
+            Region {
+                offset: old.map2_offset,
+                len: old.map_region().len,
+            },
+        );
+        self.free_map = (a.len > 0
+            && old.map2_offset != 0
+            && a.offset != self.header.map_offset
+            && b.offset != self.header.map2_offset)
+            .then_some((a, b));
         self.journal_seq = 0;
         if self.header.sealed {
             // The journal of a sealed layer is removed once the manifest names it sealed; its
@@ -677,13 +800,28 @@ impl ActiveLayer {
             self.journal_len = 0;
             return Ok(());
         }
-        self.journal
-            .set_len(0)
-            .map_err(io_err(&self.journal, "truncate"))?;
-        self.journal.sync().map_err(io_err(&self.journal, "sync"))?;
+        // Not synced: the new epoch makes the old records stale; the next flush's journal
+        // sync makes the truncation durable (recovery.md §2 step 4).
+        let journal = self.journal()?;
+        journal.set_len(0).map_err(io_err(&journal, "truncate"))?;
         self.journal_len = 0;
         self.journal_seq = 0;
         Ok(())
+    }
+
+    fn write_meta(&mut self, bytes: &[u8], what: &'static str) -> Result<u64> {
+        let at = self.alloc_meta(bytes.len() as u64);
+        self.obj
+            .write_all_at(bytes, at)
+            .map_err(io_err(&self.obj, what))?;
+        Ok(at)
+    }
+
+    /// Rewrite the map and extern table (both copies) and empty the journal: a checkpoint,
+    /// used by `check --repair` to rebuild a damaged copy from the good one.
+    pub(crate) fn rewrite_metadata(&mut self) -> Result<()> {
+        self.flush()?;
+        self.checkpoint(None)
     }
 
     /// Checkpoint so the journal is empty (clean close).
@@ -695,11 +833,11 @@ impl ActiveLayer {
         Ok(())
     }
 
-    /// Seal: flush, hash every cluster, write map + hash table + a SEALED header.
-    /// Returns the layer as read-only data. The journal object is left for the caller to
-    /// remove once the manifest names the layer sealed.
+    /// Seal: hash every cluster (data in externs verified first), write map + hash table (with
+    /// their copies) and a SEALED header in one checkpoint — two syncs, no journal append
+    /// (recovery.md §3). Returns the layer as read-only data. The journal object is left for
+    /// the caller to remove once the manifest names the layer sealed.
     pub fn seal(mut self) -> Result<LayerData> {
-        self.flush()?;
         let entries: Vec<MapEntry> = self
             .sorted_entries()
             .into_iter()
@@ -717,16 +855,16 @@ impl ActiveLayer {
                 }
             })
             .collect();
-        let hashes = hash_entries(&self.files, &entries, &self.geometry)?;
+        let hashes = hash_entries(&self.files, &entries, &self.geometry, "seal")?;
         self.checkpoint(Some((&entries, &hashes)))?;
-        Ok(LayerData {
-            id: self.id,
-            file_name: self.file_name.clone(),
-            header: self.header.clone(),
-            files: self.files.clone(),
+        Ok(LayerData::from_parts(
+            self.id,
+            self.file_name.clone(),
+            self.header.clone(),
+            self.files.clone(),
             entries,
-            journal_note: None,
-        })
+            Some(hashes),
+        ))
     }
 
     /// The current header (for info and tests).

@@ -6,7 +6,7 @@ mod table;
 pub mod writer;
 
 pub use active::ActiveLayer;
-pub(crate) use data::{decompress_cluster, hash_entries};
+pub(crate) use data::{decompress_cluster, hash_entries, hash_entries_plain};
 pub use data::{hash_entry, read_entry_data, LayerData};
 
 use crate::error::{Error, Result};

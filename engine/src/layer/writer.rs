@@ -84,8 +84,9 @@ impl LayerWriter {
         Ok(at)
     }
 
-    /// Write map, hashes, externs and the sealed header (both slots), sync, and return the
-    /// layer ready to read. `files` are the extern objects in table order.
+    /// Write map, hashes, externs (each with its copy) and the sealed header (both slots),
+    /// sync, and return the layer ready to read. `files` are the extern objects in table
+    /// order.
     pub fn finish(
         mut self,
         entries: Vec<MapEntry>,
@@ -111,6 +112,10 @@ impl LayerWriter {
         h.extern_count = extern_names.len() as u32;
         h.extern_crc32 = crc32fast::hash(&xb);
         h.extern_offset = self.meta(&xb, "write extern table")?;
+        // The copies (format-spec/layer.md §2), each from its own 4 KiB boundary.
+        h.map2_offset = self.meta(&map, "write map copy")?;
+        h.hash2_offset = self.meta(&hb, "write hash table copy")?;
+        h.extern2_offset = self.meta(&xb, "write extern table copy")?;
         self.obj
             .write_all_at(&h.encode(), 0)
             .map_err(|e| Error::io(&self.name, "write header", e))?;
@@ -124,13 +129,13 @@ impl LayerWriter {
             .map_err(|e| Error::io(&self.name, "sync", e))?;
         let mut files = vec![self.obj.clone()];
         files.extend(extern_files);
-        Ok(LayerData {
-            id: self.id,
-            file_name: self.name,
-            header: twin,
+        Ok(LayerData::from_parts(
+            self.id,
+            self.name,
+            twin,
             files,
             entries,
-            journal_note: None,
-        })
+            Some(hashes.to_vec()),
+        ))
     }
 }

@@ -80,17 +80,34 @@ impl LocalStore {
     }
 
     fn lock_file(&self, name: &str) -> io::Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.root.join(name))
+        open_regular(
+            &self.root.join(name),
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+        )
     }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Open `path` without blocking (a FIFO or a device must not hang the open) and refuse
+/// anything but a regular file, checked on the open descriptor before any read.
+fn open_regular(path: &Path, opts: &mut OpenOptions) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = opts.custom_flags(libc::O_NONBLOCK).open(path)?;
+    let kind = f.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a regular file ({kind:?})", path.display()),
+        ));
+    }
+    Ok(f)
 }
 
 struct LocalObject {
@@ -144,10 +161,10 @@ impl Store for LocalStore {
     }
 
     fn open_object(&self, name: &str, writable: bool) -> io::Result<Arc<dyn Object>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(self.path(name)?)?;
+        let file = open_regular(
+            &self.path(name)?,
+            OpenOptions::new().read(true).write(writable),
+        )?;
         Ok(Arc::new(LocalObject {
             name: name.to_string(),
             file,
@@ -188,7 +205,7 @@ impl Store for LocalStore {
     }
 
     fn read_manifest(&self) -> io::Result<Option<Vec<u8>>> {
-        let f = match File::open(self.root.join("manifest")) {
+        let f = match open_regular(&self.root.join("manifest"), OpenOptions::new().read(true)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -252,5 +269,32 @@ impl Store for LocalStore {
 
     fn control_socket_path(&self) -> Option<PathBuf> {
         Some(self.root.join("control.sock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_open_and_a_fifo_never_hangs() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("b.vdisk");
+        let s = LocalStore::create(&root).unwrap();
+        let fifo = root.join("layers/Lfifo-1.layer");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = s.open_object("layers/Lfifo-1.layer", false).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        fs::create_dir(root.join("layers/Ldir-1.layer")).unwrap();
+        assert!(s.open_object("layers/Ldir-1.layer", false).is_err());
+        // a FIFO as the manifest
+        let m = std::ffi::CString::new(root.join("manifest").to_str().unwrap()).unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::mkfifo(m.as_ptr(), 0o600) }, 0);
+        assert!(s.read_manifest().is_err());
+        s.create_object("layers/ok-1.layer").unwrap();
+        assert!(s.open_object("layers/ok-1.layer", true).is_ok());
     }
 }

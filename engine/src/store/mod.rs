@@ -113,13 +113,14 @@ pub trait Store: Send + Sync {
     /// and the lock).
     fn replace_manifest(&self, bytes: &[u8], expected: u64) -> io::Result<()> {
         let found = match self.read_manifest()? {
-            None => 0,
-            Some(b) => crate::format::manifest::peek_generation(&b).unwrap_or(u64::MAX),
+            None => Some(0),
+            // A damaged primary (being replaced from its copy) has no generation to compare.
+            Some(b) => crate::format::manifest::peek_generation(&b),
         };
-        if found != expected {
-            return Err(generation_mismatch(expected, Some(found)));
+        match found {
+            Some(g) if g != expected => Err(generation_mismatch(expected, Some(g))),
+            _ => self.write_manifest(bytes),
         }
-        self.write_manifest(bytes)
     }
     /// Open an object the caller knows is sealed: its bytes never change again and its name
     /// is never reused, so a store may cache what it reads of it (keyed by the name).

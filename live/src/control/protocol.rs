@@ -10,7 +10,7 @@ use vdisk_engine::compact::CompactReport;
 use vdisk_engine::format::manifest::Policy;
 use vdisk_engine::maintain::MaintainReport;
 use vdisk_engine::merge::MergeReport;
-use vdisk_engine::{Error, SnapshotInfo};
+use vdisk_engine::{Error, ErrorKind, SnapshotInfo};
 
 /// Protocol version, answered by `ping`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -129,6 +129,8 @@ pub enum ErrorCode {
     Invalid,
     /// The operation failed (I/O error, …).
     Failed,
+    /// Stored data or metadata failed verification; nothing was returned or changed.
+    Corrupt,
     /// Too many control connections.
     Busy,
     /// The peer is not the bundle's owner.
@@ -148,6 +150,7 @@ impl ErrorCode {
             ErrorCode::Exists => "exists",
             ErrorCode::Invalid => "invalid",
             ErrorCode::Failed => "failed",
+            ErrorCode::Corrupt => "corrupt",
             ErrorCode::Busy => "busy",
             ErrorCode::Refused => "refused",
             ErrorCode::Other => "other",
@@ -156,12 +159,11 @@ impl ErrorCode {
 
     /// The code for an engine error.
     pub fn of(e: &Error) -> ErrorCode {
-        match e {
-            Error::SnapshotNotFound(_) => ErrorCode::NotFound,
-            Error::SnapshotExists(_) => ErrorCode::Exists,
-            Error::InvalidName { .. } | Error::InvalidArgument(_) | Error::OutOfRange { .. } => {
-                ErrorCode::Invalid
-            }
+        match e.kind() {
+            ErrorKind::NotFound => ErrorCode::NotFound,
+            ErrorKind::Exists => ErrorCode::Exists,
+            ErrorKind::Invalid | ErrorKind::Refused => ErrorCode::Invalid,
+            ErrorKind::Corrupt => ErrorCode::Corrupt,
             _ => ErrorCode::Failed,
         }
     }
