@@ -3,6 +3,8 @@
 //! Thin glue: each subcommand parses its arguments and calls one library function.
 
 mod cmd;
+mod image;
+mod json;
 mod logger;
 mod open;
 mod progress;
@@ -11,10 +13,49 @@ mod size;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// Exit status of a usage error (an unknown option, a missing argument): sysexits' EX_USAGE,
+/// apart from every command's own codes (check's 2 and 3, compare's 1 and 2).
+pub const EXIT_USAGE: u8 = 64;
+
+const AFTER_HELP: &str = "\
+Examples:
+  vdisk create web.vdisk --size 20G
+  vdisk write web.vdisk --input boot.img
+  vdisk snapshot create web.vdisk before-upgrade
+  vdisk diff web.vdisk before-upgrade @head
+  vdisk serve web.vdisk --export-snapshots
+  vdisk convert -O vmdk -o subformat=streamOptimized web.vdisk web.vmdk
+
+A DISK is a bundle directory (NAME.vdisk) or a bundle in a Ceph pool (rados://POOL/NAME,
+the cluster from --ceph-conf/CEPH_CONF and --ceph-id). A snapshot is named by its name or by its id
+(or an unambiguous prefix of 4+ hex digits); `head` or `@head` is the live head.
+
+Exit status: 0 success; 1 error; 64 usage error (unknown option, missing argument).
+`check`: 2 corruption found, 3 only leaked objects found. `compare`: 1 the images differ,
+2 error. `diff --exit-code`: 1 something changed.
+
+Environment:
+  VDISK_LOG   log level of long-running commands (error, warn (default), info, debug,
+              trace, off)
+  VDISK_CORPUS  (tests only) where the third-party interop corpus lives";
+
 /// Snapshot-centric virtual disks: layered copy-on-write bundles, snapshots, conversion.
 #[derive(Parser)]
-#[command(name = "vdisk", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "vdisk",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = AFTER_HELP
+)]
 struct Cli {
+    /// Show progress bars even when stderr is not a terminal.
+    #[arg(short = 'p', long, global = true, conflicts_with = "quiet")]
+    progress: bool,
+    /// No progress bars and no informational messages (errors and requested output only).
+    #[arg(short = 'q', long, global = true)]
+    quiet: bool,
     /// Ceph configuration file for rados://POOL/NAME disks (default: $CEPH_CONF, then
     /// /etc/ceph/ceph.conf).
     #[arg(long, global = true, value_name = "FILE")]
@@ -56,7 +97,8 @@ enum Command {
     Ovf(cmd::ovf::Command),
     /// Delete a snapshot by folding its layer into its neighbour; --range collapses a run.
     Merge(cmd::lifecycle::MergeArgs),
-    /// Fold the head's parent layer into the head (like `qemu-img commit`).
+    /// Fold the head's parent layer into the head (like `qemu-img commit`); the snapshot that
+    /// held that layer is REMOVED.
     Commit(cmd::lifecycle::CommitArgs),
     /// Rewrite sealed layers without dead space, optionally zstd-compressed.
     Compact(cmd::lifecycle::CompactArgs),
@@ -71,15 +113,94 @@ enum Command {
     ExportDiff(cmd::diff::ExportArgs),
     /// Apply a delta stream: verifies it, then creates its snapshot with the same id.
     ImportDiff(cmd::diff::ImportArgs),
+    /// Compare two images of any formats (raw, vdisk, vmdk) byte for byte, like
+    /// `qemu-img compare`.
+    Compare(cmd::compare::Args),
+    /// Measure what converting an image would allocate, like `qemu-img measure`.
+    Measure(cmd::measure::Args),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(CompletionsArgs),
+    /// Write man pages (vdisk.1 and one per subcommand) into a directory.
+    Manpage(ManpageArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args)]
+struct ManpageArgs {
+    /// Directory to write the pages into (created if missing).
+    dir: std::path::PathBuf,
+}
+
+fn completions(a: CompletionsArgs) -> anyhow::Result<ExitCode> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(a.shell, &mut cmd, "vdisk", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn manpages(a: ManpageArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut pages = 0;
+    write_pages(&cmd, "vdisk", &a.dir, &mut pages)?;
+    if !progress::quiet() {
+        println!("wrote {pages} man pages into {}", a.dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `name.1` for `cmd` and `name-SUB.1` for each of its subcommands, recursively.
+fn write_pages(
+    cmd: &clap::Command,
+    name: &str,
+    dir: &std::path::Path,
+    pages: &mut usize,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cmd = cmd.clone().name(name.to_string());
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut buf)
+        .with_context(|| format!("rendering the man page of {name}"))?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+    *pages += 1;
+    for sub in cmd.get_subcommands() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, pages)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     open::raise_fd_limit();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    progress::configure(cli.progress, cli.quiet);
     open::set_ceph_args(open::CephArgs {
         conf: cli.ceph_conf.clone(),
         id: cli.ceph_id.clone(),
     });
+    if !matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
+        // A closed pipe (`vdisk map … | head`) ends the command quietly, as other tools do.
+        // Servers keep SIGPIPE ignored: a client hanging up must not kill them.
+        // SAFETY: signal() with SIG_DFL installs no handler of ours; nothing else is running.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Create(a) => cmd::create::run(a),
         Command::Info(a) => cmd::info::run(a),
@@ -101,6 +222,10 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::diff::diff(a),
         Command::ExportDiff(a) => cmd::diff::export(a),
         Command::ImportDiff(a) => cmd::diff::import(a),
+        Command::Compare(a) => cmd::compare::run(a),
+        Command::Measure(a) => cmd::measure::run(a),
+        Command::Completions(a) => completions(a),
+        Command::Manpage(a) => manpages(a),
     };
     match result {
         Ok(code) => code,

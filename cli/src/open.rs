@@ -110,14 +110,44 @@ pub fn disk(path: &Path) -> Result<Disk> {
     Disk::open(store(path)?).with_context(|| format!("cannot open {} for writing", path.display()))
 }
 
-/// Open a read-only view of the head or of a snapshot.
+/// A snapshot argument, with `head` and `@head` (the live head) as `None`.
+pub fn snapshot_spec(spec: Option<&str>) -> Option<&str> {
+    spec.filter(|s| !is_head(s))
+}
+
+/// True for the words that mean the live head wherever a snapshot is named.
+pub fn is_head(spec: &str) -> bool {
+    spec == "head" || spec == "@head"
+}
+
+/// The name of the snapshot a user means by `spec` (a name, an id, or a unique id prefix of
+/// 4+ hex digits).
+pub fn resolve_snapshot(store: &dyn Store, spec: &str) -> Result<String> {
+    let m = vdisk_engine::disk::read_manifest(store)
+        .with_context(|| format!("cannot read {}", store.location()))?;
+    match m.find_snapshot(spec) {
+        Some(s) => Ok(s.name.clone()),
+        None => anyhow::bail!(
+            "{}: snapshot {spec:?} not found (no snapshot has that name, nor an id starting \
+             with it)",
+            store.location()
+        ),
+    }
+}
+
+/// [`resolve_snapshot`] for a bundle path.
+pub fn snapshot_name(path: &Path, spec: &str) -> Result<String> {
+    resolve_snapshot(store(path)?.as_ref(), spec)
+}
+
+/// Open a read-only view of the head or of a snapshot (`head`/`@head`, a name or an id).
 pub fn view(path: &Path, snapshot: Option<&str>) -> Result<View> {
-    let target = match snapshot {
-        Some(s) => Target::Snapshot(s.to_string()),
+    let store = store(path)?;
+    let target = match snapshot_spec(snapshot) {
+        Some(s) => Target::Snapshot(resolve_snapshot(store.as_ref(), s)?),
         None => Target::Head,
     };
-    View::open(store(path)?.as_ref(), target)
-        .with_context(|| format!("cannot open {}", path.display()))
+    View::open(store.as_ref(), target).with_context(|| format!("cannot open {}", path.display()))
 }
 
 /// Open the bundle for writing here, or reach the long-lived writer holding it.

@@ -1,14 +1,68 @@
-//! Progress bars for long operations, shown only when stderr is a terminal.
+//! Progress bars for long operations (shown when stderr is a terminal, or always with
+//! `-p`, never with `-q`) and the quiet switch of informational messages.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-/// A byte-counting progress bar, hidden when stderr is not a terminal.
+const AUTO: u8 = 0;
+const ALWAYS: u8 = 1;
+const QUIET: u8 = 2;
+
+static MODE: AtomicU8 = AtomicU8::new(AUTO);
+
+/// Applies the global `-p/--progress` and `-q/--quiet` options.
+pub fn configure(progress: bool, quiet: bool) {
+    let mode = if quiet {
+        QUIET
+    } else if progress {
+        ALWAYS
+    } else {
+        AUTO
+    };
+    MODE.store(mode, Ordering::Relaxed);
+}
+
+/// True with `-q`: informational messages are left out.
+pub fn quiet() -> bool {
+    MODE.load(Ordering::Relaxed) == QUIET
+}
+
+/// `println!` unless `-q` was given: for informational messages, not requested output.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {
+        if !$crate::progress::quiet() {
+            println!($($t)*);
+        }
+    };
+}
+
+/// Whether bars are drawn.
+fn shown() -> bool {
+    match MODE.load(Ordering::Relaxed) {
+        ALWAYS => true,
+        QUIET => false,
+        _ => std::io::stderr().is_terminal(),
+    }
+}
+
+fn new_bar(total: Option<u64>) -> ProgressBar {
+    let pb = match total {
+        Some(t) => ProgressBar::new(t),
+        None => ProgressBar::new_spinner(),
+    };
+    // -p on a pipe still draws (qemu-img -p does too), at a rate a log can take.
+    pb.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    pb
+}
+
+/// A byte-counting progress bar.
 pub fn bytes(total: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+    if !shown() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(total);
+    let pb = new_bar(Some(total));
     pb.set_style(
         ProgressStyle::with_template(
             "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -20,12 +74,12 @@ pub fn bytes(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// An item-counting progress bar, hidden when stderr is not a terminal.
+/// An item-counting progress bar.
 pub fn items(total: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+    if !shown() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new(total);
+    let pb = new_bar(Some(total));
     pb.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -35,12 +89,12 @@ pub fn items(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// A byte counter without a known total (streams), hidden when stderr is not a terminal.
+/// A byte counter without a known total (streams).
 pub fn counter(what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
+    if !shown() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::new_spinner();
+    let pb = new_bar(None);
     pb.set_style(
         ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),

@@ -271,7 +271,7 @@ pub(crate) fn open_chain(
 
 /// Check a snapshot name against the manifest's rules.
 pub(crate) fn valid_snapshot_name(name: &str) -> Result<()> {
-    crate::format::manifest::check_snapshot_name(name).map_err(|reason| Error::InvalidName {
+    crate::format::manifest::check_new_snapshot_name(name).map_err(|reason| Error::InvalidName {
         name: name.to_string(),
         reason,
     })
@@ -663,6 +663,13 @@ impl Disk {
     /// [`Disk::merge_snapshots`]); data a later snapshot or the head needs is kept.
     pub fn snapshot_delete(&self, name: &str) -> Result<()> {
         self.merge_snapshot(name).map(|_| ())
+    }
+
+    /// [`Disk::snapshot_delete`]; with `force` a pinned snapshot is deleted too.
+    pub fn snapshot_delete_with(&self, name: &str, force: bool) -> Result<()> {
+        let opts = crate::merge::MergeOptions { force };
+        self.merge_snapshots_with(&[name.to_string()], &opts)
+            .map(|_| ())
     }
 
     /// Rename a snapshot.

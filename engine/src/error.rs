@@ -67,6 +67,13 @@ pub enum Error {
     /// The snapshot is pinned and the operation would remove it.
     #[error("snapshot {name:?} is pinned ({why}); unpin it first")]
     Pinned { name: String, why: &'static str },
+    /// A delta stream would leave a replica's head on a branch of its own: the head has
+    /// writes, or is not on the stream's FROM snapshot (zfs recv refuses the same without -F).
+    #[error("the replica's head {reason}; import with force to revert the head first")]
+    ReplicaDiverged { reason: String },
+    /// The disk is in use by a client and the operation would change what it sees.
+    #[error("{holder}; force the operation to do it anyway")]
+    InUse { holder: String },
     /// A range merge names an `older` snapshot that is not on `newer`'s chain.
     #[error("{older:?} is not an ancestor of {newer:?}")]
     NotAnAncestor { older: String, newer: String },
@@ -176,6 +183,8 @@ impl Error {
             | E::NotAnAncestor { .. } => ErrorKind::Invalid,
             E::ReadOnly(_)
             | E::Pinned { .. }
+            | E::ReplicaDiverged { .. }
+            | E::InUse { .. }
             | E::NothingToMerge { .. }
             | E::NothingToCommit
             | E::SharedLayer { .. }

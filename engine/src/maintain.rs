@@ -17,7 +17,7 @@ pub struct MaintainReport {
     /// The policy applied.
     pub policy: Option<Policy>,
     /// Snapshots kept, and why.
-    pub kept: Vec<(String, String)>,
+    pub kept: Vec<KeptSnapshot>,
     /// Snapshots merged away (oldest first).
     pub removed: Vec<String>,
     /// Chain depth of the head before and after.
@@ -28,6 +28,31 @@ pub struct MaintainReport {
     pub merge: Option<MergeReport>,
     /// Notes (e.g. a max-chain that pinned snapshots prevent).
     pub notes: Vec<String>,
+}
+
+/// A snapshot the policy keeps, and the rule that keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct KeptSnapshot {
+    /// Snapshot name.
+    pub name: String,
+    /// Why it stays (`pinned`, `keep-last`, `hourly`, …).
+    pub why: String,
+}
+
+/// Depth of the head's chain once the snapshots `remove` are merged away: a layer of the
+/// chain stays when it is the active layer, a remaining snapshot names it, or branches share
+/// it (a merge keeps such a layer); every other layer is folded into a neighbour.
+pub fn chain_after(m: &Manifest, remove: &[String]) -> usize {
+    let named: HashSet<_> = m
+        .snapshots
+        .iter()
+        .filter(|s| !remove.contains(&s.name))
+        .map(|s| s.layer)
+        .collect();
+    m.chain(m.active_layer)
+        .into_iter()
+        .filter(|l| *l == m.active_layer || named.contains(l) || m.children(*l).len() >= 2)
+        .count()
 }
 
 /// Decide which snapshots the policy removes (oldest first) and why the others stay.
@@ -150,17 +175,20 @@ impl Disk {
             return Ok(rep);
         };
         let (remove, kept, notes) = plan(&m, &policy);
-        rep.kept = kept;
+        rep.kept = kept
+            .into_iter()
+            .map(|(name, why)| KeptSnapshot { name, why })
+            .collect();
         rep.notes = notes;
         rep.removed = remove.clone();
         if !dry_run && !remove.is_empty() {
             rep.merge = Some(self.merge_snapshots(&remove)?);
         }
-        let m = self.manifest();
+        let after = self.manifest();
         rep.chain_after = if dry_run {
-            rep.chain_before
+            chain_after(&m, &remove)
         } else {
-            m.chain(m.active_layer).len()
+            after.chain(after.active_layer).len()
         };
         Ok(rep)
     }

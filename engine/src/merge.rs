@@ -342,6 +342,7 @@ pub fn merge_offline(store: &dyn Store, names: &[String]) -> Result<MergeReport>
     let _maint = lock_maintenance(store)?;
     let mut report = MergeReport::default();
     let m = read_manifest(store)?;
+    refuse_pinned(&m, names, "a merge would remove it")?;
     for n in names {
         let s = m
             .snapshot(n)
@@ -434,10 +435,29 @@ fn note_shared(m: &Manifest, report: &mut MergeReport) {
     }
 }
 
+/// How an explicit merge or delete treats protected snapshots.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MergeOptions {
+    /// Remove pinned snapshots too (`--force`); without it a pinned one is refused.
+    pub force: bool,
+}
+
 impl Disk {
     /// Delete snapshots by folding their layers into their neighbours; every other snapshot
-    /// and the head read exactly as before.
+    /// and the head read exactly as before. A pinned snapshot is refused.
     pub fn merge_snapshots(&self, names: &[String]) -> Result<MergeReport> {
+        self.merge_snapshots_with(names, &MergeOptions::default())
+    }
+
+    /// [`Disk::merge_snapshots`], with `opts.force` removing pinned snapshots as well.
+    pub fn merge_snapshots_with(
+        &self,
+        names: &[String],
+        opts: &MergeOptions,
+    ) -> Result<MergeReport> {
+        if !opts.force {
+            refuse_pinned(&self.manifest(), names, "a merge would remove it")?;
+        }
         let mut st = self.write_state()?;
         // A merge is a consistency point: the head's writes so far become durable first.
         st.active.flush()?;

@@ -36,6 +36,19 @@ pub struct StreamReport {
     pub stream_bytes: u64,
     /// The head moved to the imported snapshot (import only).
     pub head_moved: bool,
+    /// The head's own writes were discarded to move it (an import with `force`).
+    pub head_reverted: bool,
+    /// Where the head ends up: the snapshot it now stands on (`None`: the imported
+    /// snapshot's layer is not below it, the head stayed where it was).
+    pub head_on: Option<String>,
+}
+
+/// How [`Disk::import_diff_with`] treats a replica whose head moved on by itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    /// Revert the head to the stream's FROM snapshot first when it has writes of its own or
+    /// stands elsewhere (its changes are discarded), instead of refusing.
+    pub force: bool,
 }
 
 struct CountingWriter<W> {
@@ -179,8 +192,26 @@ impl Disk {
     /// the TO snapshot with the same id. When the head has no changes of its own since FROM,
     /// it moves to the new snapshot. Nothing changes if anything is wrong with the stream.
     pub fn import_diff(&self, input: &mut dyn Read) -> Result<StreamReport> {
+        self.import_diff_with(input, &ImportOptions::default())
+    }
+
+    /// [`Disk::import_diff`], refusing (unless `opts.force`) when the head has writes of its
+    /// own or does not stand on the stream's FROM snapshot: the replica would silently stay
+    /// on a branch of its own.
+    pub fn import_diff_with(
+        &self,
+        input: &mut dyn Read,
+        opts: &ImportOptions,
+    ) -> Result<StreamReport> {
         let (h, head_bytes) = StreamHeader::read(input).map_err(stream_err)?;
-        crate::disk::valid_snapshot_name(&h.to.name)?;
+        // A replica takes the source's names as they are (the rules for new names, such as
+        // `head` being reserved, are the source's business).
+        crate::format::manifest::check_snapshot_name(&h.to.name).map_err(|reason| {
+            Error::InvalidName {
+                name: h.to.name.clone(),
+                reason,
+            }
+        })?;
         let mut st = self.write_state()?;
         let g = st.geometry;
         let m = st.manifest.clone();
@@ -216,6 +247,23 @@ impl Disk {
             ),
             None => None,
         };
+        let head_clean =
+            st.active.entry_count() == 0 && m.layer(st.active.id).and_then(|l| l.parent) == base;
+        if !head_clean && !opts.force {
+            let from = h
+                .from
+                .as_ref()
+                .map(|f| format!("snapshot {:?}", f.name))
+                .unwrap_or_else(|| "an empty disk (a full stream)".into());
+            let reason = if st.active.entry_count() != 0 {
+                format!(
+                    "has writes of its own since its last snapshot (the stream continues {from})"
+                )
+            } else {
+                format!("does not stand on {from}, where the stream starts")
+            };
+            return Err(Error::ReplicaDiverged { reason });
+        }
         let store = self.store.clone();
         let chain = open_chain(
             store.as_ref(),
@@ -250,8 +298,6 @@ impl Disk {
             }
         };
         let active = st.active.id;
-        let head_clean =
-            st.active.entry_count() == 0 && m.layer(active).and_then(|l| l.parent) == base;
         let snap = SnapshotRecord {
             id: h.to.id,
             name: h.to.name.clone(),
@@ -260,7 +306,7 @@ impl Disk {
             pinned: false,
             vm_state: None,
         };
-        let new_active = if head_clean {
+        let new_active = if head_clean || opts.force {
             let aid = Id::random();
             Some((
                 aid,
@@ -312,8 +358,18 @@ impl Disk {
                 st.active = a;
                 self.refresh_chain(&mut st, m2)?;
                 rep.head_moved = true;
+                rep.head_reverted = !head_clean;
+                rep.head_on = Some(h.to.name.clone());
             }
-            _ => st.manifest = m2,
+            _ => {
+                let parent = m2.layer(m2.active_layer).and_then(|l| l.parent);
+                rep.head_on = m2
+                    .snapshots
+                    .iter()
+                    .find(|s| Some(s.layer) == parent)
+                    .map(|s| s.name.clone());
+                st.manifest = m2;
+            }
         }
         Ok(rep)
     }

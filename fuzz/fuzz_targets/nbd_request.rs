@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vdisk_nbd::execute::{execute, ReplyMode};
-use vdisk_nbd::handshake::{negotiate, HandshakeConfig, HandshakeOutcome};
+use vdisk_nbd::handshake::{negotiate, HandshakeConfig, HandshakeOutcome, HandshakeStream};
 use vdisk_nbd::option::parse_option;
 use vdisk_nbd::request::{check_request, Command, RequestLimits};
 use vdisk_nbd::transmission::{serve_requests, TransmissionConfig};
@@ -17,9 +17,26 @@ use vdisk_nbd::{parse_request, MemDevice, ShutdownSignal, StaticExports};
 
 const MAX_REQUEST: u32 = 64 * 1024;
 
-/// Client bytes in, server bytes discarded.
+/// Client bytes in, server bytes discarded. With `forced_tls` the server runs in FORCEDTLS
+/// mode; the "upgrade" after STARTTLS keeps the bytes in plain text so the rest of the
+/// session is still fuzzed.
 struct Duplex<'a> {
     input: Cursor<&'a [u8]>,
+    forced_tls: bool,
+    tls_up: bool,
+}
+
+impl HandshakeStream for Duplex<'_> {
+    fn tls_required(&self) -> bool {
+        self.forced_tls
+    }
+    fn tls_active(&self) -> bool {
+        self.tls_up
+    }
+    fn start_tls(&mut self) -> io::Result<()> {
+        self.tls_up = true;
+        Ok(())
+    }
 }
 
 impl Read for Duplex<'_> {
@@ -27,9 +44,6 @@ impl Read for Duplex<'_> {
         self.input.read(buf)
     }
 }
-
-/// A plain (non-TLS) byte stream: the fuzz input in, replies discarded.
-impl vdisk_nbd::handshake::HandshakeStream for Duplex<'_> {}
 
 impl Write for Duplex<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -95,6 +109,8 @@ fn session(data: &[u8], transmission: bool) {
         .add("ro", Arc::new(MemDevice::new(8192).read_only(true)));
     let mut stream = Duplex {
         input: Cursor::new(data),
+        forced_tls: data.last().is_some_and(|b| b & 1 != 0),
+        tls_up: false,
     };
     let config = HandshakeConfig {
         max_request_bytes: MAX_REQUEST,

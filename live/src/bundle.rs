@@ -143,6 +143,57 @@ pub struct Writer {
     generation: AtomicU64,
     views: ViewCache,
     role: &'static str,
+    /// Heads handed out and still held (an NBD connection holds one for its lifetime).
+    attached: Arc<AtomicU64>,
+}
+
+/// The live head as a server holds it: the disk, counted among the writer's attached
+/// clients for as long as it is held.
+struct AttachedHead {
+    disk: Arc<Disk>,
+    attached: Arc<AtomicU64>,
+}
+
+impl Drop for AttachedHead {
+    fn drop(&mut self) {
+        self.attached.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl vdisk_blockdev::BlockDevice for AttachedHead {
+    fn size(&self) -> u64 {
+        vdisk_blockdev::BlockDevice::size(self.disk.as_ref())
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        vdisk_blockdev::BlockDevice::read_at(self.disk.as_ref(), buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        vdisk_blockdev::BlockDevice::write_at(self.disk.as_ref(), buf, offset)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        vdisk_blockdev::BlockDevice::write_zeroes(self.disk.as_ref(), offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        vdisk_blockdev::BlockDevice::discard(self.disk.as_ref(), offset, len)
+    }
+    fn flush(&self) -> io::Result<()> {
+        vdisk_blockdev::BlockDevice::flush(self.disk.as_ref())
+    }
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<vdisk_blockdev::Extent>> {
+        vdisk_blockdev::BlockDevice::extents(self.disk.as_ref(), offset, len)
+    }
+}
+
+impl Export for AttachedHead {
+    fn write_zeroes_allocated(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.disk.write_zeroes_allocated(offset, len)
+    }
+    fn can_multi_conn(&self) -> bool {
+        self.disk.can_multi_conn()
+    }
+    fn fast_zero(&self) -> bool {
+        self.disk.fast_zero()
+    }
 }
 
 impl Writer {
@@ -161,7 +212,42 @@ impl Writer {
             generation: AtomicU64::new(generation),
             views: ViewCache::default(),
             role,
+            attached: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Clients holding the head right now (NBD connections; a FUSE mount holds it only
+    /// per request).
+    pub fn attached(&self) -> u64 {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    /// True when a client sees the head and an operation that changes it under the client
+    /// (revert, or a fold of the head's parent) must be forced: a writable mount and a VM
+    /// always, a server while a client is connected.
+    pub fn in_use(&self) -> bool {
+        self.role != "serve" || self.attached() > 0
+    }
+
+    /// Who holds the disk, for refusals: "`vdisk serve` (pid 123, 2 clients attached)".
+    pub fn holder(&self) -> String {
+        let what = match self.role {
+            "mount" => "vdisk mount --read-write",
+            "serve" => "vdisk serve",
+            "vm" => "vdisk vm run",
+            other => other,
+        };
+        let n = self.attached();
+        let clients = match (self.role, n) {
+            ("serve", 1) => ", 1 client attached".to_string(),
+            ("serve", n) => format!(", {n} clients attached"),
+            _ => String::new(),
+        };
+        format!(
+            "{} is in use by `{what}` (pid {}{clients})",
+            self.location,
+            std::process::id()
+        )
     }
 
     /// The disk (all methods `&self`, internally locked).
@@ -226,7 +312,11 @@ impl Volume for Writer {
         self.location.clone()
     }
     fn head(&self) -> Option<Arc<dyn Export>> {
-        Some(Arc::clone(&self.disk) as Arc<dyn Export>)
+        self.attached.fetch_add(1, Ordering::AcqRel);
+        Some(Arc::new(AttachedHead {
+            disk: Arc::clone(&self.disk),
+            attached: Arc::clone(&self.attached),
+        }))
     }
     fn head_writable(&self) -> bool {
         true

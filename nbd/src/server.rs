@@ -47,6 +47,10 @@ pub struct ServerConfig {
     /// TLS credentials: when set, every client must upgrade with `NBD_OPT_STARTTLS`
     /// before anything else (the spec's FORCEDTLS mode).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Refuse TCP clients that are not processes of this server's user (or root), as
+    /// `/proc/net/tcp` tells; clients whose socket is not on this host are refused too.
+    /// For a loopback listener without TLS, where every other local user could connect.
+    pub tcp_owner_only: bool,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
             write_timeout: Some(Duration::from_secs(60)),
             sparse_reads: true,
             tls: None,
+            tcp_owner_only: false,
         }
     }
 }
@@ -317,6 +322,12 @@ impl Server {
             {
                 if let Err(why) = crate::socket::check_peer_is_owner(s) {
                     log::warn!("NBD server: refusing a Unix-socket client: {why}");
+                    continue;
+                }
+            }
+            if let (true, Stream::Tcp(s)) = (config.tcp_owner_only, &stream) {
+                if let Err(why) = crate::socket::check_tcp_peer_is_owner(s) {
+                    log::warn!("NBD server: refusing a TCP client: {why}");
                     continue;
                 }
             }

@@ -165,3 +165,125 @@ mod tests {
         assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
     }
 }
+
+/// The user owning the local TCP socket connected from `peer` to `local` (both on this
+/// host), found in `/proc/net/tcp` or `/proc/net/tcp6` as identd does. `None` when no such
+/// socket is listed (the peer is on another host, or already gone).
+pub(crate) fn tcp_peer_uid(
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+) -> io::Result<Option<u32>> {
+    let table = if peer.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let text = std::fs::read_to_string(table)?;
+    Ok(find_socket_uid(&text, peer, local))
+}
+
+/// In a `/proc/net/tcp*` table, the uid of the socket whose local end is `from` and remote
+/// end is `to`.
+fn find_socket_uid(
+    table: &str,
+    from: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+) -> Option<u32> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (l, r, uid) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        (parse_proc_addr(l)? == from && parse_proc_addr(r)? == to)
+            .then(|| uid.parse().ok())
+            .flatten()
+    })
+}
+
+/// `0100007F:1F90` (IPv4, the address as one host-order word) or 32 hex digits of four
+/// host-order words (IPv6), then the port in hex.
+fn parse_proc_addr(s: &str) -> Option<std::net::SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |h: &str| u32::from_str_radix(h, 16).ok().map(u32::to_ne_bytes);
+    let ip: std::net::IpAddr = match addr.len() {
+        8 => std::net::Ipv4Addr::from(word(addr)?).into(),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(addr.get(i * 8..i * 8 + 8)?)?);
+            }
+            let v6 = std::net::Ipv6Addr::from(b);
+            // A v4 client of a dual-stack listener appears as ::ffff:a.b.c.d.
+            match v6.to_ipv4_mapped() {
+                Some(v4) => v4.into(),
+                None => v6.into(),
+            }
+        }
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
+/// Accepts a loopback TCP peer run by this process's user (or root); refuses any other,
+/// and any peer whose socket cannot be found.
+pub(crate) fn check_tcp_peer_is_owner(s: &std::net::TcpStream) -> Result<(), String> {
+    let (local, peer) = match (s.local_addr(), s.peer_addr()) {
+        (Ok(l), Ok(p)) => (l, normalize(p)),
+        _ => return Err("cannot read its address".into()),
+    };
+    let local = normalize(local);
+    let uid = match tcp_peer_uid(local, peer) {
+        Ok(Some(uid)) => uid,
+        Ok(None) => return Err(format!("{peer}: no local socket found for it")),
+        Err(e) => return Err(format!("{peer}: cannot read the socket table: {e}")),
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if uid == me || uid == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{peer} is run by uid {uid}, not the owner (uid {me}); use TLS to let others in"
+        ))
+    }
+}
+
+fn normalize(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a {
+        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod proc_tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_lines_parse() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:A3F2 0100007F:2A39 01 00000000:00000000 00:00000000 00000000  1000        0 12345 1 0\n";
+        let from: std::net::SocketAddr = "127.0.0.1:41970".parse().unwrap();
+        let to: std::net::SocketAddr = "127.0.0.1:10809".parse().unwrap();
+        if cfg!(target_endian = "little") {
+            assert_eq!(find_socket_uid(table, from, to), Some(1000));
+            assert_eq!(find_socket_uid(table, to, from), None);
+        }
+        assert_eq!(parse_proc_addr("garbage"), None);
+    }
+
+    #[test]
+    fn a_real_loopback_connection_is_found_with_our_uid() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(
+            tcp_peer_uid(s.local_addr().unwrap(), s.peer_addr().unwrap()).unwrap(),
+            // SAFETY: geteuid has no preconditions.
+            Some(unsafe { libc::geteuid() })
+        );
+        assert!(check_tcp_peer_is_owner(&s).is_ok());
+        drop(c);
+    }
+}

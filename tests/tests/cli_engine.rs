@@ -90,14 +90,15 @@ fn create_write_snapshot_read_revert() {
     assert_eq!(info["virtual_size"], 64 << 20);
     assert_eq!(info["cluster_size"], 65536);
     let map: serde_json::Value = serde_json::from_str(&vdisk_ok(&["map", ds, "--json"])).unwrap();
-    let data: Vec<_> = map
+    assert_eq!(map["schema"], "vdisk-map/1");
+    let data: Vec<_> = map["extents"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["data"] == true)
         .collect();
     assert!(!data.is_empty());
-    let first = data[0]["start"].as_u64().unwrap();
+    let first = data[0]["offset"].as_u64().unwrap();
     assert!(first <= 12345 && first + data[0]["length"].as_u64().unwrap() >= 12345 + 300_000);
     vdisk_ok(&["snapshot", "rename", ds, "one", "uno"]);
     vdisk_ok(&["snapshot", "pin", ds, "uno"]);
@@ -105,7 +106,9 @@ fn create_write_snapshot_read_revert() {
         serde_json::from_str(&vdisk_ok(&["snapshot", "list", ds, "--json"])).unwrap();
     assert_eq!(list["snapshots"][0]["name"], "uno");
     assert_eq!(list["snapshots"][0]["pinned"], true);
-    vdisk_ok(&["snapshot", "delete", ds, "uno"]);
+    let e = vdisk_err(&["snapshot", "delete", ds, "uno"]);
+    assert!(e.contains("pinned"), "{e}");
+    vdisk_ok(&["snapshot", "delete", ds, "uno", "--force"]);
     vdisk_ok(&["check", ds]);
 }
 
@@ -118,7 +121,7 @@ fn user_errors_are_clear_and_do_not_panic() {
     assert!(vdisk_err(&["create", ds, "--size", "12Q"]).contains("size"));
     assert!(
         vdisk_err(&["create", ds, "--size", "1M", "--cluster-size", "3000"])
-            .contains("cluster_size")
+            .contains("--cluster-size")
     );
     vdisk_ok(&["create", ds, "--size", "1M"]);
     assert!(vdisk_err(&["create", ds, "--size", "1M"]).contains("exists"));
@@ -138,7 +141,7 @@ fn user_errors_are_clear_and_do_not_panic() {
     fs::write(&f, vec![1u8; 2 << 20]).unwrap();
     assert!(
         vdisk_err(&["write", ds, "--offset", "0", "--input", f.to_str().unwrap()])
-            .contains("end of the disk")
+            .contains("pass the end of")
     );
     assert!(vdisk_err(&["snapshot", "create", ds, "a/b"]).contains("invalid snapshot name"));
     vdisk_ok(&["snapshot", "create", ds, "s"]);

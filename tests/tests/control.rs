@@ -150,6 +150,7 @@ fn missing_and_stale_sockets_give_clear_errors() {
     let t = tmp();
     let d = bundle(t.path(), "d.vdisk", "8M");
     let ds = d.to_str().unwrap();
+    vdisk_ok(&["snapshot", "create", ds, "s0"]);
     // Hold the writer lock in this process, without a control socket.
     let store: Arc<dyn vdisk_engine::Store> = Arc::new(vdisk_engine::LocalStore::open(&d).unwrap());
     let disk = vdisk_engine::Disk::open(store).unwrap();
@@ -160,7 +161,7 @@ fn missing_and_stale_sockets_give_clear_errors() {
     // A socket file nobody listens on.
     let l = UnixListener::bind(d.join("control.sock")).unwrap();
     drop(l);
-    let e = vdisk_err(&["snapshot", "delete", ds, "x"]);
+    let e = vdisk_err(&["snapshot", "delete", ds, "s0"]);
     assert!(e.contains("stale") && e.contains("control.sock"), "{e}");
     disk.close().unwrap();
     // With the lock free, the command works locally (and ignores the stale socket).
@@ -168,7 +169,7 @@ fn missing_and_stale_sockets_give_clear_errors() {
     // A writer starting over a stale socket replaces it.
     let _srv = Served::start(&d, &[]);
     vdisk_ok(&["snapshot", "create", ds, "y"]);
-    assert_eq!(names(&d), ["x", "y"]);
+    assert_eq!(names(&d), ["s0", "x", "y"]);
 }
 
 #[test]

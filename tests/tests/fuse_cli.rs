@@ -407,3 +407,46 @@ fn lazy_umount_with_open_files() {
     assert!(wait_until(Duration::from_secs(20), || !alive(m.pid)));
     vdisk_ok(&["snapshot", "create", d.to_str().unwrap(), "after"]);
 }
+
+#[test]
+fn a_mountpoint_takes_one_mount_and_umount_removes_only_its_own() {
+    if !require(
+        "a_mountpoint_takes_one_mount_and_umount_removes_only_its_own",
+        true,
+        true,
+        &[],
+    ) {
+        return;
+    }
+    let t = tmp();
+    let d = bundle(t.path(), "d.vdisk", "8M");
+    let ds = d.to_str().unwrap();
+    write_at(&d, t.path(), 0, &rnd(4, 65536));
+    let mp = t.path().join("m");
+    let m = Mounted::start(&d, &mp, &["--read-write"]);
+    // A second mount over the first is refused (it would hide it).
+    let e = vdisk_err(&["mount", ds, mp.to_str().unwrap()]);
+    assert!(e.contains("already a mount point"), "{e}");
+    // A writable mount is a client of the head: revert and commit are refused unless forced.
+    vdisk_ok(&["snapshot", "create", ds, "s"]);
+    let e = vdisk_err(&["snapshot", "revert", ds, "s"]);
+    assert!(e.contains("in use by `vdisk mount --read-write`"), "{e}");
+    assert!(e.contains(&format!("pid {}", m.pid)), "{e}");
+    let e = vdisk_err(&["commit", ds]);
+    assert!(e.contains("in use by"), "{e}");
+    let e = vdisk_err(&["merge", ds, "s"]);
+    assert!(e.contains("in use by"), "{e}");
+    vdisk_ok(&["merge", ds, "s", "--force"]);
+    vdisk_ok(&["umount", mp.to_str().unwrap()]);
+    assert!(!m.is_mounted(), "one umount removes the mount");
+    // Something that is not a vdisk mount is left alone.
+    let other = t.path().join("tmpfs");
+    std::fs::create_dir(&other).unwrap();
+    run_ok("mount", &["-t", "tmpfs", "none", other.to_str().unwrap()]);
+    let e = vdisk_err(&["umount", other.to_str().unwrap()]);
+    assert!(e.contains("not a vdisk mount"), "{e}");
+    assert!(is_mountpoint(&other));
+    run_ok("umount", &[other.to_str().unwrap()]);
+    let e = vdisk_err(&["umount", other.to_str().unwrap()]);
+    assert!(e.contains("nothing is mounted"), "{e}");
+}

@@ -228,13 +228,19 @@ fn compact_policy_maintain() {
     vdisk_ok(&["policy", "set", d.path(), "--keep-last", "2"]);
     let p: serde_json::Value =
         serde_json::from_str(&vdisk_ok(&["policy", "show", d.path(), "--json"])).unwrap();
-    assert_eq!(p["keep_last"], 2);
+    assert_eq!(p["schema"], "vdisk-policy/1");
+    assert_eq!(p["policy"]["keep_last"], 2);
     let dry: serde_json::Value =
         serde_json::from_str(&vdisk_ok(&["maintain", d.path(), "--dry-run", "--json"])).unwrap();
     assert_eq!(dry["removed"], serde_json::json!(["p1", "p2", "p3"]));
     assert_eq!(d.snaps().len(), 6);
-    vdisk_ok(&["maintain", d.path()]);
+    let real: serde_json::Value =
+        serde_json::from_str(&vdisk_ok(&["maintain", d.path(), "--json"])).unwrap();
     assert_eq!(d.snaps(), vec!["p0", "p4", "p5"]);
+    // The dry run predicts the depth the real run reaches.
+    assert_eq!(dry["chain_before"], real["chain_before"]);
+    assert_eq!(dry["chain_after"], real["chain_after"], "{dry} vs {real}");
+    assert!(real["chain_after"].as_u64() < real["chain_before"].as_u64());
     for (i, b) in before.iter().enumerate() {
         if [0, 4, 5].contains(&i) {
             assert_eq!(&d.read(Some(&format!("p{i}"))), b, "p{i} changed");

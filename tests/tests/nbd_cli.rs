@@ -301,8 +301,19 @@ fn revert_while_a_client_has_the_head_open() {
     ask("write -P 0x99 0 64k", "wrote");
     let r = ask("read -P 0x99 0 64k", "read ");
     assert!(!r.contains("failed"), "{r}");
-    vdisk_ok(&["snapshot", "revert", ds, "base"]);
-    // Same connection, after the revert: the snapshot's content.
+    // A connected client sees the head: the revert is refused, naming who holds the disk.
+    let e = vdisk_err(&["snapshot", "revert", ds, "base"]);
+    assert!(
+        e.contains("in use by `vdisk serve`") && e.contains("1 client attached"),
+        "{e}"
+    );
+    let r = ask("read -P 0x99 0 64k", "read ");
+    assert!(
+        !r.contains("failed"),
+        "the refused revert changed the data: {r}"
+    );
+    vdisk_ok(&["snapshot", "revert", ds, "base", "--force"]);
+    // Same connection, after the forced revert: the snapshot's content.
     let r = ask("read -P 0x11 0 64k", "read ");
     assert!(!r.contains("failed"), "head after revert: {r}");
     ask("write -P 0x22 4k 4k", "wrote");
@@ -477,4 +488,34 @@ fn serve_with_a_psk_takes_qemu_with_the_key_and_refuses_others() {
     assert!(!ok, "a client without TLS got in: {out}");
     drop(srv);
     assert_eq!(read_range(&d, None, 65536, 65536), vec![0x3e; 65536]);
+}
+
+#[test]
+fn another_local_user_cannot_use_the_loopback_listener_without_tls() {
+    if !require("another_local_user", true, false, QEMU) || !vdisk_tests::have("setpriv") {
+        return;
+    }
+    let t = tmp();
+    let d = bundle(t.path(), "d.vdisk", "8M");
+    let srv = Served::start(&d, &[]);
+    run_ok("qemu-img", &["info", &srv.url]);
+    let as_nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "qemu-img",
+            "info",
+            &srv.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !as_nobody.status.success(),
+        "another user opened the disk: {}",
+        String::from_utf8_lossy(&as_nobody.stdout)
+    );
+    assert!(srv.log().contains("uid 65534"), "{}", srv.log());
+    // The owner still gets in afterwards.
+    run_ok("qemu-img", &["info", &srv.url]);
 }

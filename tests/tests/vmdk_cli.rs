@@ -104,8 +104,9 @@ fn raw_to_each_written_subformat_and_back_is_identical() {
         }
         let info: serde_json::Value =
             serde_json::from_str(&vdisk_ok(&["info", s(&v), "--json"])).unwrap();
-        assert_eq!(info["subformat"], sub);
-        assert_eq!(info["capacity_bytes"], 64 << 20);
+        assert_eq!(info["vmdk"]["subformat"], sub);
+        assert_eq!(info["virtual_size"], 64 << 20);
+        assert_eq!(info["format"], "vmdk");
     }
 }
 
@@ -156,15 +157,15 @@ fn writer_options_reach_the_descriptor() {
         vdisk_ok(&["convert", "-O", "vmdk", "-o", opts, s(&src), s(&v)]);
         let info: serde_json::Value =
             serde_json::from_str(&vdisk_ok(&["info", s(&v), "--json"])).unwrap();
-        assert_eq!(info["adapter_type"], adapter, "{opts}");
-        assert_eq!(info["hw_version"], hw, "{opts}");
+        assert_eq!(info["vmdk"]["adapter_type"], adapter, "{opts}");
+        assert_eq!(info["vmdk"]["hw_version"], hw, "{opts}");
         // qemu-img sees the same subformat and CID
         let qi: serde_json::Value =
             serde_json::from_str(&qemu("qemu-img", &["info", "--output=json", s(&v)])).unwrap();
         let data = &qi["format-specific"]["data"];
-        assert_eq!(data["create-type"], info["subformat"], "{opts}");
+        assert_eq!(data["create-type"], info["vmdk"]["subformat"], "{opts}");
         let cid = format!("{:08x}", data["cid"].as_u64().unwrap());
-        assert_eq!(info["cid"], cid.as_str(), "{opts}");
+        assert_eq!(info["vmdk"]["cid"], cid.as_str(), "{opts}");
         assert!(qemu_compare("raw", &src, "vmdk", &v), "{opts}");
     }
 }
@@ -243,7 +244,7 @@ fn vmdk_found_by_content_without_extension() {
     assert!(fs::read(&back).unwrap() == fs::read(&src).unwrap());
     let info: serde_json::Value =
         serde_json::from_str(&vdisk_ok(&["info", s(&v), "--json"])).unwrap();
-    assert_eq!(info["subformat"], "monolithicSparse");
+    assert_eq!(info["vmdk"]["subformat"], "monolithicSparse");
 }
 
 /// A three-file chain made by qemu: base (data), child (overwrites, zeroed grains hiding
@@ -324,8 +325,8 @@ fn qemu_chain_becomes_snapshot_chain() {
     );
     let info: serde_json::Value =
         serde_json::from_str(&vdisk_ok(&["info", s(&top), "--json"])).unwrap();
-    assert_eq!(info["parents"].as_array().unwrap().len(), 2);
-    assert_eq!(info["parent_file_name_hint"], "child.vmdk");
+    assert_eq!(info["vmdk"]["parents"].as_array().unwrap().len(), 2);
+    assert_eq!(info["vmdk"]["parent_file_name_hint"], "child.vmdk");
 
     let b = d.join("t.vdisk");
     vdisk_ok(&["convert", s(&top), s(&b)]);

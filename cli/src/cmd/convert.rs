@@ -2,28 +2,17 @@
 //! VMDK in every direction, sparse-aware (holes, unallocated and zero ranges are never
 //! copied). A VMDK delta chain imported into a bundle becomes one snapshot per VMDK file.
 
+use crate::image::{guess_output, open_image, Format, Input};
 use crate::size::parse_size;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vdisk_blockdev::BlockDevice;
-use vdisk_engine::{CreateOptions, Target, View};
+use vdisk_engine::CreateOptions;
 use vdisk_live::copy::{copy, data_bytes, CopyOptions};
 use vdisk_live::import::{chain_data_bytes, import_chain, ChainLayer};
 use vdisk_live::RawFile;
-use vdisk_vmdk::{looks_like_vmdk, write_vmdk, Subformat, VmdkImage, WriteOptions};
-
-/// Image formats `convert` knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// A plain image file.
-    Raw,
-    /// A vdisk bundle.
-    Vdisk,
-    /// A VMDK (any common subformat to read; monolithicSparse, streamOptimized or
-    /// monolithicFlat to write).
-    Vmdk,
-}
+use vdisk_vmdk::{write_vmdk, Subformat, WriteOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,83 +44,6 @@ pub struct Args {
     pub dst: PathBuf,
 }
 
-/// Guess a source format: a bundle directory or `.vdisk` is vdisk, `.vmdk` or VMDK content
-/// (`KDMV` magic, a text descriptor) is vmdk, anything else raw.
-pub fn guess(path: &Path) -> Format {
-    if crate::open::is_rados(path) || path.join("manifest").is_file() || has_ext(path, "vdisk") {
-        Format::Vdisk
-    } else if has_ext(path, "vmdk") || looks_like_vmdk(path) {
-        Format::Vmdk
-    } else {
-        Format::Raw
-    }
-}
-
-/// Guess an output format from its extension alone (the file does not exist yet).
-pub fn guess_output(path: &Path) -> Format {
-    if crate::open::is_rados(path) || has_ext(path, "vdisk") {
-        Format::Vdisk
-    } else if has_ext(path, "vmdk") {
-        Format::Vmdk
-    } else {
-        Format::Raw
-    }
-}
-
-fn has_ext(path: &Path, ext: &str) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
-}
-
-/// An opened source.
-enum Input {
-    Raw(RawFile),
-    Vdisk(Box<View>),
-    Vmdk(Box<VmdkImage>),
-}
-
-impl Input {
-    fn device(&self) -> &dyn BlockDevice {
-        match self {
-            Input::Raw(s) => s,
-            Input::Vdisk(s) => s.as_ref(),
-            Input::Vmdk(s) => s.as_ref(),
-        }
-    }
-}
-
-fn open_input(a: &Args, fmt: Format) -> Result<Input> {
-    if a.snapshot.is_some() && fmt != Format::Vdisk {
-        bail!("--snapshot needs a vdisk source");
-    }
-    Ok(match fmt {
-        Format::Raw => Input::Raw(
-            RawFile::open(&a.src, true)
-                .with_context(|| format!("cannot open {}", a.src.display()))?,
-        ),
-        Format::Vdisk => {
-            let store = crate::open::store(&a.src)?;
-            let target = match &a.snapshot {
-                Some(s) => Target::Snapshot(s.clone()),
-                None => Target::Head,
-            };
-            Input::Vdisk(Box::new(
-                View::open(store.as_ref(), target)
-                    .with_context(|| format!("cannot open {}", a.src.display()))?,
-            ))
-        }
-        Format::Vmdk => {
-            let opts = vdisk_vmdk::OpenOptions {
-                allowed_dirs: a.allow_dirs.clone(),
-                ..Default::default()
-            };
-            Input::Vmdk(Box::new(
-                VmdkImage::open_with(&a.src, &opts).context("cannot open the VMDK source")?,
-            ))
-        }
-    })
-}
-
 /// VMDK writer options from `-o` lists (subformat monolithicSparse unless given).
 pub fn vmdk_options<'a>(lists: &[String]) -> Result<WriteOptions<'a>> {
     let mut o = WriteOptions::default();
@@ -143,7 +55,6 @@ pub fn vmdk_options<'a>(lists: &[String]) -> Result<WriteOptions<'a>> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let sf = a.src_format.unwrap_or_else(|| guess(&a.src));
     let df = a.dst_format.unwrap_or_else(|| guess_output(&a.dst));
     if a.dst.exists() {
         bail!("{}: exists; refusing to overwrite", a.dst.display());
@@ -159,7 +70,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             bail!("{}: exists; refusing to overwrite", f.display());
         }
     }
-    let input = open_input(&a, sf)?;
+    let input = open_image(&a.src, a.src_format, a.snapshot.as_deref(), &a.allow_dirs)?;
     let result = match df {
         Format::Raw => to_raw(input.device(), &a.dst),
         Format::Vdisk => to_vdisk(&input, &a.dst, a.cluster_size),

@@ -1,7 +1,7 @@
 //! `vdisk create DISK --size SIZE [--cluster-size SIZE]`
 
 use crate::size::{human, parse_size};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk_engine::{CreateOptions, Disk};
@@ -21,19 +21,55 @@ pub struct Args {
     pub subcluster_size: Option<u64>,
 }
 
+/// Largest virtual size (format-spec/bundle.md §3).
+const MAX_SIZE: u64 = 1 << 50;
+
+/// Checks the user's geometry options, naming the option at fault.
+fn check_options(a: &Args) -> Result<()> {
+    let ok = |v: u64| v.is_power_of_two() && (512..=2 << 20).contains(&v);
+    if !ok(a.cluster_size) {
+        bail!(
+            "--cluster-size {}: must be a power of two from 512 bytes to 2 MiB",
+            human(a.cluster_size)
+        );
+    }
+    if let Some(s) = a.subcluster_size {
+        if !ok(s) || s > a.cluster_size || a.cluster_size / s > 32 {
+            bail!(
+                "--subcluster-size {}: must be a power of two, at most --cluster-size ({}) \
+                 and at least 1/32 of it",
+                human(s),
+                human(a.cluster_size)
+            );
+        }
+    }
+    if a.size == 0 || a.size > MAX_SIZE {
+        bail!("--size {}: must be from 1 byte to 1 PiB", human(a.size));
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
+    check_options(&a)?;
+    // The disk is a whole number of 512-byte sectors, as qemu-img rounds too.
+    let size = a.size.div_ceil(512) * 512;
     let opts = CreateOptions {
-        virtual_size: a.size,
+        virtual_size: size,
         cluster_size: a.cluster_size,
         subcluster_size: a.subcluster_size,
     };
     create(&a.disk, &opts)?
         .close()
         .context("closing the new disk")?;
-    println!(
-        "Created {} ({}, {} clusters)",
+    let rounded = if size != a.size {
+        format!("; --size {} rounded up to whole 512-byte sectors", a.size)
+    } else {
+        String::new()
+    };
+    crate::say!(
+        "Created {} ({size} bytes = {}{rounded}; {} clusters)",
         a.disk.display(),
-        human(a.size),
+        human(size),
         human(a.cluster_size)
     );
     Ok(ExitCode::SUCCESS)

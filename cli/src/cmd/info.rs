@@ -1,6 +1,5 @@
 //! `vdisk info DISK [--json]`
 
-use super::print_json;
 use crate::size::human;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -10,7 +9,7 @@ use std::process::ExitCode;
 pub struct Args {
     /// The disk bundle, or a VMDK file.
     pub disk: PathBuf,
-    /// Machine-readable output.
+    /// Machine-readable output (docs/json.md: vdisk-info).
     #[arg(long)]
     pub json: bool,
 }
@@ -23,7 +22,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let i = vdisk_engine::info::info(store.as_ref())
         .with_context(|| format!("cannot read {}", a.disk.display()))?;
     if a.json {
-        print_json(&i)?;
+        crate::json::print(
+            "info",
+            &[],
+            &i,
+            &[("path", "filename"), ("file_bytes", "actual_size")],
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("disk:            {}", i.path);

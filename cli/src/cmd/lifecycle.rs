@@ -1,10 +1,10 @@
 //! `vdisk merge`, `vdisk commit`, `vdisk compact`, `vdisk policy`, `vdisk maintain`:
 //! keeping chains short and files small.
 
-use super::print_json;
 use crate::open::on_writer;
 use crate::size::human;
 use anyhow::{bail, Result};
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vdisk_engine::compact::{CompactOptions, CompactReport};
@@ -23,16 +23,30 @@ pub struct MergeArgs {
     /// including) NEWER, folding their layers into NEWER's in one pass.
     #[arg(long, conflicts_with = "snapshot")]
     pub range: Option<String>,
-    /// Machine-readable output.
+    /// Merge pinned snapshots too, and fold the head's parent even while clients of the
+    /// disk (serve, mount --read-write, vm run) are attached.
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable output (docs/json.md: vdisk-merge).
     #[arg(long)]
     pub json: bool,
 }
 
+/// `commit`'s long help: what it removes.
+const COMMIT_HELP: &str = "Folds the layer below the head into the head, shortening the \
+chain as `qemu-img commit` does. The snapshot that held that layer is REMOVED (its content \
+would no longer exist apart from the head); a pinned one makes the commit fail. Refused \
+while clients of the disk are attached unless --force.";
+
 #[derive(clap::Args)]
+#[command(after_long_help = COMMIT_HELP)]
 pub struct CommitArgs {
     /// The disk bundle.
     pub disk: PathBuf,
-    /// Machine-readable output.
+    /// Commit even while clients of the disk (serve, mount --read-write, vm run) are attached.
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable output (docs/json.md: vdisk-merge).
     #[arg(long)]
     pub json: bool,
 }
@@ -47,7 +61,7 @@ pub struct CompactArgs {
     /// Store clusters zstd-compressed (optional level, default 3).
     #[arg(long, num_args = 0..=1, default_missing_value = "3", value_name = "LEVEL")]
     pub compress: Option<i32>,
-    /// Machine-readable output.
+    /// Machine-readable output (docs/json.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -75,7 +89,7 @@ pub enum PolicyCommand {
     Show {
         /// The disk bundle.
         disk: PathBuf,
-        /// Machine-readable output.
+        /// Machine-readable output (docs/json.md: vdisk-policy).
         #[arg(long)]
         json: bool,
     },
@@ -93,14 +107,19 @@ pub struct MaintainArgs {
     /// Only show what would be merged.
     #[arg(long)]
     pub dry_run: bool,
-    /// Machine-readable output.
+    /// Machine-readable output (docs/json.md).
     #[arg(long)]
     pub json: bool,
 }
 
-fn print_merge(r: &MergeReport, json: bool) -> Result<()> {
+fn print_merge(disk: &std::path::Path, r: &MergeReport, json: bool) -> Result<()> {
     if json {
-        return print_json(r);
+        return crate::json::print(
+            "merge",
+            &[("filename", json!(disk.display().to_string()))],
+            r,
+            &[],
+        );
     }
     for n in &r.removed_snapshots {
         println!("merged away snapshot {n}");
@@ -120,44 +139,57 @@ fn print_merge(r: &MergeReport, json: bool) -> Result<()> {
 pub fn merge(a: MergeArgs) -> Result<ExitCode> {
     let report = match (&a.snapshot, &a.range) {
         (Some(s), None) => {
-            let names = vec![s.clone()];
+            let names = vec![crate::open::snapshot_name(&a.disk, s)?];
+            let opts = vdisk_engine::merge::MergeOptions { force: a.force };
             on_writer(
                 &a.disk,
                 Request::Merge {
                     names: Some(names.clone()),
                     name: None,
+                    force: Some(a.force),
                 },
                 &format!("cannot merge {s:?}"),
-                |d| d.merge_snapshots(&names),
+                |d| d.merge_snapshots_with(&names, &opts),
             )?
         }
         (None, Some(range)) => {
             let Some((older, newer)) = range.split_once("..") else {
-                bail!("--range takes OLDER..NEWER (snapshot names)");
+                bail!("--range {range:?}: takes OLDER..NEWER (snapshot names or ids)");
             };
+            let older = crate::open::snapshot_name(&a.disk, older)?;
+            let newer = crate::open::snapshot_name(&a.disk, newer)?;
             let req = Request::MergeRange {
-                older: older.to_string(),
-                newer: newer.to_string(),
+                older: older.clone(),
+                newer: newer.clone(),
+                force: Some(a.force),
             };
             on_writer(&a.disk, req, &format!("cannot merge {range}"), |d| {
-                d.merge_range(older, newer)
+                d.merge_range(&older, &newer)
             })?
         }
         _ => bail!("name a snapshot, or --range OLDER..NEWER"),
     };
-    print_merge(&report, a.json)?;
+    print_merge(&a.disk, &report, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn commit(a: CommitArgs) -> Result<ExitCode> {
-    let r = on_writer(&a.disk, Request::Commit {}, "cannot commit", |d| d.commit())?;
-    print_merge(&r, a.json)?;
+    let req = Request::Commit {
+        force: Some(a.force),
+    };
+    let r = on_writer(&a.disk, req, "cannot commit", |d| d.commit())?;
+    print_merge(&a.disk, &r, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_compact(r: &CompactReport, json: bool) -> Result<()> {
+fn print_compact(disk: &std::path::Path, r: &CompactReport, json: bool) -> Result<()> {
     if json {
-        return print_json(r);
+        return crate::json::print(
+            "compact",
+            &[("filename", json!(disk.display().to_string()))],
+            r,
+            &[],
+        );
     }
     for l in &r.layers {
         println!(
@@ -198,7 +230,7 @@ pub fn compact(a: CompactArgs) -> Result<ExitCode> {
         compress: a.compress,
     };
     let r = on_writer(&a.disk, req, "cannot compact", |d| d.compact(&opts))?;
-    print_compact(&r, a.json)?;
+    print_compact(&a.disk, &r, a.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -242,7 +274,12 @@ pub fn policy(c: PolicyCommand) -> Result<ExitCode> {
             let v = crate::open::view(&disk, None)?;
             let p = v.manifest().policy.clone();
             if json {
-                print_json(&p)?;
+                crate::json::print(
+                    "policy",
+                    &[("filename", json!(disk.display().to_string()))],
+                    json!({ "policy": p }),
+                    &[],
+                )?;
             } else if let Some(p) = p {
                 let f = |x: Option<u32>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                 println!(
@@ -268,10 +305,19 @@ pub fn maintain(a: MaintainArgs) -> Result<ExitCode> {
         d.maintain(a.dry_run)
     })?;
     if a.json {
-        print_json(&r)?;
+        crate::json::print(
+            "maintain",
+            &[
+                ("filename", json!(a.disk.display().to_string())),
+                ("dry_run", json!(a.dry_run)),
+            ],
+            &r,
+            &[],
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    for (n, why) in &r.kept {
+    for k in &r.kept {
+        let (n, why) = (&k.name, &k.why);
         println!("keep   {n:<24} {why}");
     }
     for n in &r.removed {

@@ -1,6 +1,5 @@
 //! `vdisk map DISK [--snapshot NAME] [--json]`
 
-use super::print_json;
 use anyhow::Result;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -11,17 +10,17 @@ use vdisk_engine::ExtentKind;
 pub struct Args {
     /// The disk bundle.
     pub disk: PathBuf,
-    /// Map a snapshot instead of the head.
+    /// Map a snapshot (name or id) instead of the head.
     #[arg(long)]
     pub snapshot: Option<String>,
-    /// Machine-readable output (qemu-img map style fields).
+    /// Machine-readable output (docs/json.md: vdisk-map; qemu-img map's fields).
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Serialize)]
 struct Row {
-    start: u64,
+    offset: u64,
     length: u64,
     kind: &'static str,
     data: bool,
@@ -37,7 +36,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let rows: Vec<Row> = ext
         .iter()
         .map(|e| Row {
-            start: e.offset,
+            offset: e.offset,
             length: e.length,
             kind: e.kind.as_str(),
             data: e.kind == ExtentKind::Data,
@@ -47,14 +46,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
         })
         .collect();
     if a.json {
-        print_json(&rows)?;
+        crate::json::print(
+            "map",
+            &[
+                ("filename", serde_json::json!(a.disk.display().to_string())),
+                ("snapshot", serde_json::json!(a.snapshot)),
+            ],
+            serde_json::json!({ "extents": rows }),
+            &[],
+        )?;
     } else {
         println!("{:<20} {:<20} {:<12} DEPTH", "OFFSET", "LENGTH", "KIND");
         for r in &rows {
             let kind = r.kind;
             println!(
                 "{:<#20x} {:<#20x} {:<12} {}",
-                r.start,
+                r.offset,
                 r.length,
                 kind,
                 r.depth.map(|d| d.to_string()).unwrap_or_default()

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod diff;
@@ -8,18 +9,9 @@ pub mod info;
 pub mod io;
 pub mod lifecycle;
 pub mod map;
+pub mod measure;
 pub mod mount;
 pub mod ovf;
 pub mod serve;
 pub mod snapshot;
 pub mod vmdk_info;
-
-use std::io::Write;
-
-/// Print a value as pretty JSON on stdout.
-pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
-}

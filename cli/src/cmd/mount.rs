@@ -68,7 +68,15 @@ impl Mounted {
         let held = if a.read_write {
             crate::open::writer(&path, "mount", "mount it without --read-write")?
         } else {
-            crate::open::reader(&path, a.snapshot.as_deref())?
+            let only = match a
+                .snapshot
+                .as_deref()
+                .and_then(|s| crate::open::snapshot_spec(Some(s)))
+            {
+                Some(s) => Some(crate::open::snapshot_name(&path, s)?),
+                None => None,
+            };
+            crate::open::reader(&path, only.as_deref())?
         };
         let opts = MountOptions {
             read_write: a.read_write,
@@ -92,7 +100,32 @@ impl Mounted {
     }
 }
 
+/// Refuses a mountpoint that already has something mounted on it: a second mount would hide
+/// the first (and a later `umount` take away the wrong one).
+fn check_free(mp: &Path) -> Result<()> {
+    let canon = mp
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve the mountpoint", mp.display()))?;
+    if !canon.is_dir() {
+        anyhow::bail!("{}: the mountpoint must be a directory", mp.display());
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some((fstype, source)) = mounted_at(&info, &canon) {
+        anyhow::bail!(
+            "{}: already a mount point ({fstype} of {}); unmount it first",
+            mp.display(),
+            source.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Some(s) = &a.snapshot {
+        // A wrong snapshot is the more useful message than a wrong mountpoint.
+        crate::open::snapshot_name(&a.disk, s)?;
+    }
+    check_free(&a.mountpoint)?;
     let daemon = if a.foreground {
         None
     } else {
@@ -124,6 +157,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     mounted.wait()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The top mount at `mp` of any kind: (file system type, source).
+fn mounted_at(mountinfo: &str, mp: &Path) -> Option<(String, PathBuf)> {
+    let want = mp.as_os_str().as_encoded_bytes();
+    mountinfo.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        if unescape(point) != want {
+            return None;
+        }
+        let mut r = right.split(' ');
+        let fstype = r.next()?.to_string();
+        let source = PathBuf::from(String::from_utf8_lossy(&unescape(r.next()?)).into_owned());
+        Some((fstype, source))
+    })
 }
 
 /// What /proc/self/mountinfo says about the mount at `mp`: (source, read-write), for
@@ -200,9 +249,22 @@ pub fn umount(a: UmountArgs) -> Result<ExitCode> {
         .canonicalize()
         .or_else(|_| std::path::absolute(&a.mountpoint))
         .unwrap_or_else(|_| a.mountpoint.clone());
-    let entry = std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()
-        .and_then(|info| mount_entry(&info, &mp));
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Only a mount of ours: `vdisk umount` never takes away somebody else's file system.
+    match mounted_at(&info, &mp) {
+        // `fuse.vdisk` as root (mount(2) with our subtype); plain `fuse` through fusermount3,
+        // then the source is the bundle we mounted.
+        Some((fstype, source))
+            if fstype == "fuse.vdisk"
+                || (fstype == "fuse" && source.join("manifest").is_file()) => {}
+        Some((fstype, source)) => anyhow::bail!(
+            "{}: not a vdisk mount ({fstype} of {}); use umount(8) for it",
+            a.mountpoint.display(),
+            source.display()
+        ),
+        None => anyhow::bail!("{}: nothing is mounted there", a.mountpoint.display()),
+    }
+    let entry = mount_entry(&info, &mp);
     let r = if a.lazy {
         vdisk_fuse::unmount_lazy(&mp)
     } else {
@@ -248,5 +310,14 @@ mod tests {
         assert_eq!(mount_entry(INFO, Path::new("/nope")), None);
         assert_eq!(mount_entry("junk\n - \n", Path::new("/")), None);
         assert_eq!(unescape("a\\9b\\"), b"a\\9b\\");
+        assert_eq!(
+            mounted_at(INFO, Path::new("/tmp")),
+            Some(("tmpfs".to_string(), PathBuf::from("tmpfs")))
+        );
+        assert_eq!(
+            mounted_at(INFO, Path::new("/mnt/ro")).map(|m| m.0),
+            Some("fuse.vdisk".to_string())
+        );
+        assert_eq!(mounted_at(INFO, Path::new("/nope")), None);
     }
 }

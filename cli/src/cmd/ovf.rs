@@ -5,7 +5,6 @@
 //! Import verifies the whole package first ([`vdisk_ovf::import_verify_with`]) and creates the
 //! destination only afterwards, so a refused package leaves nothing behind.
 
-use super::print_json;
 use crate::size::human;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -298,7 +297,7 @@ fn run_inspect(a: InspectArgs) -> Result<ExitCode> {
     )
     .context("cannot inspect the package")?;
     if a.json {
-        print_json(&r)?;
+        crate::json::print("ovf-inspect", &[], &r, &[("package", "filename")])?;
     } else {
         print_report(&r);
     }

@@ -68,7 +68,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE|DIR")]
     pub tls_psk: Option<PathBuf>,
     /// Allow a non-loopback TCP address without TLS client authentication: anyone who
-    /// reaches the port can read and write the disk.
+    /// reaches the port can read and write the disk. (Without it and without TLS, TCP
+    /// clients must be processes of your own user on this host.)
     #[arg(long)]
     pub insecure: bool,
 }
@@ -122,6 +123,8 @@ fn config(a: &Args, tls: Option<TlsConfig>) -> Result<ServerConfig> {
         max_request_bytes,
         worker_threads: usize::from(a.workers),
         max_inflight_bytes: a.max_inflight,
+        // Without TLS, a loopback listener is open to every local user: only ours get in.
+        tcp_owner_only: tls.is_none() && !a.insecure,
         tls,
         ..ServerConfig::default()
     })

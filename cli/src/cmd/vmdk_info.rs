@@ -1,8 +1,8 @@
 //! `vdisk info FILE.vmdk [--json]`: subformat, capacity, extents and the CID chain of a VMDK.
 
-use super::print_json;
 use crate::size::human;
 use anyhow::{Context, Result};
+use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 use vdisk_blockdev::{BlockDevice, ExtentKind};
@@ -26,16 +26,47 @@ fn cid(c: Option<u32>) -> String {
 pub fn run(path: &Path, json: bool) -> Result<ExitCode> {
     let img = VmdkImage::open(path).context("cannot open the VMDK")?;
     let i = img.info();
-    if json {
-        print_json(&i)?;
-        return Ok(ExitCode::SUCCESS);
-    }
     let data: u64 = img
         .extents(0, img.size())?
         .iter()
         .filter(|e| e.kind == ExtentKind::Data)
         .map(|e| e.length)
         .sum();
+    if json {
+        // The keys vdisk bundles have for the same things, then the VMDK's own under `vmdk`.
+        let actual: u64 = std::iter::once(path.to_path_buf())
+            .chain(
+                i.extents
+                    .iter()
+                    .filter_map(|e| e.file.as_ref())
+                    .map(|f| path.parent().unwrap_or(Path::new(".")).join(f)),
+            )
+            .collect::<std::collections::BTreeSet<_>>()
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        let grain = i
+            .extents
+            .iter()
+            .find_map(|e| e.sparse.as_ref().map(|s| s.grain_size_bytes));
+        crate::json::print(
+            "info",
+            &[
+                ("filename", json!(i.file)),
+                ("format", json!("vmdk")),
+                ("virtual_size", json!(i.capacity_bytes)),
+                ("actual_size", json!(actual)),
+                ("cluster_size", json!(grain)),
+                ("chain_depth", json!(i.parents.len() + 1)),
+                ("allocated_bytes", json!(data)),
+                ("snapshots", json!([])),
+            ],
+            json!({ "vmdk": &i }),
+            &[],
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("disk:            {}", i.file);
     println!("format:          vmdk ({})", i.subformat);
     println!(

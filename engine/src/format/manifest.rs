@@ -119,6 +119,22 @@ pub fn check_snapshot_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Names a writer refuses for a *new* snapshot (create, rename), beyond
+/// [`check_snapshot_name`]: `head` and anything starting with `@` stand for the live head
+/// wherever a snapshot is named (`@head`), and a name ending in `.raw` would clash with
+/// another snapshot's file in a mount (`snapshots/NAME.raw`). Bundles holding such names
+/// from before still open (bundle.md §3).
+pub fn check_new_snapshot_name(name: &str) -> Result<(), &'static str> {
+    check_snapshot_name(name)?;
+    if name == "head" || name.starts_with('@') {
+        return Err("is reserved for the live head (head, @head)");
+    }
+    if name.ends_with(".raw") {
+        return Err("must not end in .raw (a mount shows snapshots as NAME.raw)");
+    }
+    Ok(())
+}
+
 /// Check an object name of the manifest (`layers/…` or `state/…`).
 pub fn check_object_name(name: &str) -> bool {
     let Some((dir, file)) = name.split_once('/') else {
@@ -240,6 +256,28 @@ impl Manifest {
     /// The snapshot named `name`.
     pub fn snapshot(&self, name: &str) -> Option<&SnapshotRecord> {
         self.snapshots.iter().find(|s| s.name == name)
+    }
+
+    /// The snapshot a user means by `spec`: its name, else its id written in full or as a
+    /// prefix of at least 4 hex digits that only one snapshot's id starts with.
+    pub fn find_snapshot(&self, spec: &str) -> Option<&SnapshotRecord> {
+        if let Some(s) = self.snapshot(spec) {
+            return Some(s);
+        }
+        let hex =
+            spec.len() >= 4 && spec.len() <= 32 && spec.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex {
+            return None;
+        }
+        let spec = spec.to_ascii_lowercase();
+        let mut found = self
+            .snapshots
+            .iter()
+            .filter(|s| s.id.to_string().starts_with(&spec));
+        match (found.next(), found.next()) {
+            (Some(s), None) => Some(s),
+            _ => None,
+        }
     }
 
     /// The snapshot named `name`, mutable.

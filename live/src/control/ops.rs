@@ -1,8 +1,9 @@
 //! What a [`Writer`] does for each [`Request`].
 
-use super::protocol::{OpError, Reply, Request};
+use super::protocol::{ErrorCode, OpError, Reply, Request};
 use crate::bundle::Writer;
 use vdisk_engine::compact::CompactOptions;
+use vdisk_engine::merge::MergeOptions;
 use vdisk_engine::Id;
 
 /// Carries out `req` on `writer`. Every operation that may change the manifest refreshes the
@@ -32,12 +33,20 @@ pub fn execute(writer: &Writer, req: Request) -> Result<Reply, OpError> {
             .snapshot_create(&name)
             .map(|snapshot| Reply::Snapshot { snapshot })
             .map_err(OpError::from),
-        Request::SnapshotDelete { name } => done(disk.snapshot_delete(&name)),
-        Request::SnapshotRevert { name } => done(disk.snapshot_revert(&name)),
+        Request::SnapshotDelete { name, force } => {
+            if touches_head_parent(writer, std::slice::from_ref(&name)) {
+                refuse_in_use(writer, force, "deleting it folds the head's parent")?;
+            }
+            done(disk.snapshot_delete_with(&name, force.unwrap_or(false)))
+        }
+        Request::SnapshotRevert { name, force } => {
+            refuse_in_use(writer, force, "reverting changes the data under it")?;
+            done(disk.snapshot_revert(&name))
+        }
         Request::SnapshotRename { name, new_name } => done(disk.snapshot_rename(&name, &new_name)),
         Request::SnapshotPin { name } => done(disk.snapshot_pin(&name, true)),
         Request::SnapshotUnpin { name } => done(disk.snapshot_pin(&name, false)),
-        Request::Merge { names, name } => {
+        Request::Merge { names, name, force } => {
             let names = match (names, name) {
                 (Some(n), _) => n,
                 (None, Some(n)) => vec![n],
@@ -45,10 +54,34 @@ pub fn execute(writer: &Writer, req: Request) -> Result<Reply, OpError> {
                     return Err(OpError::bad_request("merge: missing \"names\" or \"name\""))
                 }
             };
-            merged(disk.merge_snapshots(&names))
+            if touches_head_parent(writer, &names) {
+                refuse_in_use(writer, force, "the merge folds the head's parent")?;
+            }
+            let opts = MergeOptions {
+                force: force.unwrap_or(false),
+            };
+            merged(disk.merge_snapshots_with(&names, &opts))
         }
-        Request::MergeRange { older, newer } => merged(disk.merge_range(&older, &newer)),
-        Request::Commit {} => merged(disk.commit()),
+        Request::MergeRange {
+            older,
+            newer,
+            force,
+        } => {
+            let m = disk.manifest();
+            let parent = m.layer(m.active_layer).and_then(|l| l.parent);
+            if parent.is_some() && m.snapshot(&newer).map(|s| s.layer) == parent {
+                refuse_in_use(writer, force, "the merge folds into the head's parent")?;
+            }
+            merged(disk.merge_range(&older, &newer))
+        }
+        Request::Commit { force } => {
+            refuse_in_use(
+                writer,
+                force,
+                "a commit folds the head's parent into the head",
+            )?;
+            merged(disk.commit())
+        }
         Request::Compact { layer, compress } => {
             let layer = layer
                 .map(|s| {
@@ -70,6 +103,27 @@ pub fn execute(writer: &Writer, req: Request) -> Result<Reply, OpError> {
         writer.refresh();
     }
     result
+}
+
+/// Refuses with `in_use` when a client sees the head and `force` is not set.
+fn refuse_in_use(writer: &Writer, force: Option<bool>, why: &str) -> Result<(), OpError> {
+    if force.unwrap_or(false) || !writer.in_use() {
+        return Ok(());
+    }
+    Err(OpError {
+        code: ErrorCode::InUse,
+        message: format!("{}: {why}; use --force to do it anyway", writer.holder()),
+    })
+}
+
+/// True when removing the snapshots `names` folds the head's parent layer (a snapshot of
+/// them names it).
+fn touches_head_parent(writer: &Writer, names: &[String]) -> bool {
+    let m = writer.disk().manifest();
+    let parent = m.layer(m.active_layer).and_then(|l| l.parent);
+    m.snapshots
+        .iter()
+        .any(|s| Some(s.layer) == parent && names.contains(&s.name))
 }
 
 fn done(r: vdisk_engine::Result<()>) -> Result<Reply, OpError> {
@@ -100,7 +154,7 @@ mod tests {
     #[test]
     fn snapshot_ops_and_errors() {
         let d = Disk::create(Arc::new(MemStore::new()), &CreateOptions::new(1 << 20)).unwrap();
-        let w = Writer::new(d, "test");
+        let w = Writer::new(d, "serve");
         let g = w.generation();
         let r = ask(&w, r#"{"op":"snapshot_create","name":"a","id":7}"#);
         assert_eq!(r["ok"], true, "{r}");
@@ -153,10 +207,30 @@ mod tests {
         );
         assert_eq!(r["ok"], true, "{r}");
         let r = ask(&w, r#"{"op":"info"}"#);
-        assert_eq!(r["info"]["writer"], "test");
+        assert_eq!(r["info"]["writer"], "serve");
         assert_eq!(r["ops"].as_array().unwrap().len(), Request::NAMES.len());
         assert_eq!(ask(&w, r#"{"op":"flush"}"#)["ok"], true);
-        assert_eq!(ask(&w, r#"{"op":"ping"}"#)["writer"], "test");
+        assert_eq!(ask(&w, r#"{"op":"ping"}"#)["writer"], "serve");
+        // A client holding the head makes revert and commit need force.
+        assert_eq!(
+            ask(&w, r#"{"op":"snapshot_create","name":"r"}"#)["ok"],
+            true
+        );
+        let client = w.head();
+        let r = ask(&w, r#"{"op":"snapshot_revert","name":"r"}"#);
+        assert_eq!(r["code"], "in_use", "{r}");
+        assert!(
+            r["error"].as_str().unwrap().contains("1 client attached"),
+            "{r}"
+        );
+        assert_eq!(ask(&w, r#"{"op":"commit"}"#)["code"], "in_use");
+        let r = ask(&w, r#"{"op":"snapshot_revert","name":"r","force":true}"#);
+        assert_eq!(r["ok"], true, "{r}");
+        drop(client);
+        assert_eq!(
+            ask(&w, r#"{"op":"snapshot_revert","name":"r"}"#)["ok"],
+            true
+        );
         assert_eq!(
             ask(&w, r#"{"op":"snapshot_create","name":""}"#)["code"],
             "invalid"

@@ -57,22 +57,23 @@ requests! {
     SnapshotList = "snapshot_list" {} => Some("snapshots"),
     /// Take a snapshot of the head.
     SnapshotCreate = "snapshot_create" { name: String } => Some("snapshot"),
-    /// Delete a snapshot.
-    SnapshotDelete = "snapshot_delete" { name: String } => None,
-    /// Make the head a copy of a snapshot.
-    SnapshotRevert = "snapshot_revert" { name: String } => None,
+    /// Delete a snapshot (`force`: a pinned one too).
+    SnapshotDelete = "snapshot_delete" { name: String, force: Option<bool> } => None,
+    /// Make the head a copy of a snapshot (`force`: even under attached clients).
+    SnapshotRevert = "snapshot_revert" { name: String, force: Option<bool> } => None,
     /// Rename a snapshot.
     SnapshotRename = "snapshot_rename" { name: String, new_name: String } => None,
     /// Protect a snapshot from the retention policy.
     SnapshotPin = "snapshot_pin" { name: String } => None,
     /// Remove that protection.
     SnapshotUnpin = "snapshot_unpin" { name: String } => None,
-    /// Merge snapshots away (`names`, or one `name`).
-    Merge = "merge" { names: Option<Vec<String>>, name: Option<String> } => Some("report"),
+    /// Merge snapshots away (`names`, or one `name`; `force`: pinned ones too, and even when
+    /// the head's parent is folded under attached clients).
+    Merge = "merge" { names: Option<Vec<String>>, name: Option<String>, force: Option<bool> } => Some("report"),
     /// Collapse `older` up to (not including) `newer`.
-    MergeRange = "merge_range" { older: String, newer: String } => Some("report"),
-    /// Fold the head's parent into the head.
-    Commit = "commit" {} => Some("report"),
+    MergeRange = "merge_range" { older: String, newer: String, force: Option<bool> } => Some("report"),
+    /// Fold the head's parent into the head (`force`: even under attached clients).
+    Commit = "commit" { force: Option<bool> } => Some("report"),
     /// Rewrite sealed layers (one `layer` id, or all), optionally zstd `compress`ed.
     Compact = "compact" { layer: Option<String>, compress: Option<i32> } => Some("report"),
     /// Apply the retention policy.
@@ -135,6 +136,9 @@ pub enum ErrorCode {
     Busy,
     /// The peer is not the bundle's owner.
     Refused,
+    /// The disk is in use by a client and the request would change what it sees; resend with
+    /// `force` to do it anyway.
+    InUse,
     /// A code this client does not know (a newer writer).
     #[serde(other)]
     Other,
@@ -153,6 +157,7 @@ impl ErrorCode {
             ErrorCode::Corrupt => "corrupt",
             ErrorCode::Busy => "busy",
             ErrorCode::Refused => "refused",
+            ErrorCode::InUse => "in_use",
             ErrorCode::Other => "other",
         }
     }
@@ -299,7 +304,8 @@ mod tests {
             m,
             Request::Merge {
                 names: None,
-                name: Some("x".into())
+                name: Some("x".into()),
+                force: None,
             }
         );
         assert_eq!(m.result_member(), Some("report"));
