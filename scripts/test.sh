@@ -16,6 +16,13 @@ command -v xmllint >/dev/null || need+=(libxml2-utils)
 pkg-config --exists openssl 2>/dev/null || need+=(pkg-config libssl-dev)
 command -v openssl >/dev/null || need+=(openssl)
 command -v nbdinfo >/dev/null || need+=(libnbd-bin)
+# A throw-away Ceph cluster (mon + memstore OSD) for the rados:// tests and bench; rbd for
+# the RBD side of the bench; librados is loaded at run time, never linked.
+command -v ceph-mon >/dev/null || need+=(ceph-mon)
+command -v ceph-osd >/dev/null || need+=(ceph-osd)
+command -v rados >/dev/null || need+=(ceph-common)
+ls /usr/lib/*/librados.so.2 >/dev/null 2>&1 || need+=(librados2)
+command -v uuidgen >/dev/null || need+=(uuid-runtime)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -10,6 +10,7 @@ mod fuse_runs;
 mod lifecycle_runs;
 mod nbd_runs;
 mod qemu;
+mod rados_runs;
 mod report;
 mod servers;
 mod vmdk_runs;
@@ -28,7 +29,7 @@ pub struct Opts {
     #[arg(long)]
     pub quick: bool,
     /// Run only the groups whose name contains this (read, write, seq, snapshot, open, merge,
-    /// diff, stream, vmdk, nbd, fuse).
+    /// diff, stream, vmdk, nbd, fuse, rados).
     #[arg(long)]
     pub only: Option<String>,
     /// Write the results as JSON here.
@@ -68,6 +69,16 @@ fn main() -> Result<()> {
         .with_context(|| format!("creating {}", opts.dir.display()))?;
     let qemu = qemu::Qemu::find()?;
     let mut rep = report::Report::new(&opts, &qemu);
+    if opts.wants("rados") {
+        rados_runs::rados(&opts, &mut rep)?;
+        if opts.only.as_deref() == Some("rados") {
+            rep.print();
+            if let Some(p) = &opts.json {
+                std::fs::write(p, serde_json::to_vec_pretty(&rep)?)?;
+            }
+            return Ok(());
+        }
+    }
     let fixture = engine_runs::Fixture::prepare(&opts, &qemu)?;
     if opts.wants("read") {
         engine_runs::random_reads(&opts, &qemu, &fixture, &mut rep)?;

@@ -33,7 +33,7 @@ impl Format {
 /// Guess a source format: a bundle directory or `.vdisk` is vdisk, `.vmdk` or VMDK content
 /// (`KDMV` magic, a text descriptor) is vmdk, anything else raw.
 pub fn guess(path: &Path) -> Format {
-    if path.join("manifest").is_file() || has_ext(path, "vdisk") {
+    if crate::open::is_rados(path) || path.join("manifest").is_file() || has_ext(path, "vdisk") {
         Format::Vdisk
     } else if has_ext(path, "vmdk") || looks_like_vmdk(path) {
         Format::Vmdk
@@ -44,7 +44,7 @@ pub fn guess(path: &Path) -> Format {
 
 /// Guess an output format from its extension alone (the file does not exist yet).
 pub fn guess_output(path: &Path) -> Format {
-    if has_ext(path, "vdisk") {
+    if crate::open::is_rados(path) || has_ext(path, "vdisk") {
         Format::Vdisk
     } else if has_ext(path, "vmdk") {
         Format::Vmdk

@@ -26,7 +26,8 @@ Examples:
   vdisk serve web.vdisk --export-snapshots
   vdisk convert -O vmdk -o subformat=streamOptimized web.vdisk web.vmdk
 
-A DISK is a bundle directory (NAME.vdisk). A snapshot is named by its name or by its id
+A DISK is a bundle directory (NAME.vdisk) or a bundle in a Ceph pool (rados://POOL/NAME,
+the cluster from --ceph-conf/CEPH_CONF and --ceph-id). A snapshot is named by its name or by its id
 (or an unambiguous prefix of 4+ hex digits); `head` or `@head` is the live head.
 
 Exit status: 0 success; 1 error; 64 usage error (unknown option, missing argument).
@@ -55,6 +56,13 @@ struct Cli {
     /// No progress bars and no informational messages (errors and requested output only).
     #[arg(short = 'q', long, global = true)]
     quiet: bool,
+    /// Ceph configuration file for rados://POOL/NAME disks (default: $CEPH_CONF, then
+    /// /etc/ceph/ceph.conf).
+    #[arg(long, global = true, value_name = "FILE")]
+    ceph_conf: Option<std::path::PathBuf>,
+    /// Ceph client id for rados:// disks, without "client." (default: admin).
+    #[arg(long, global = true, value_name = "ID")]
+    ceph_id: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -186,6 +194,10 @@ fn main() -> ExitCode {
         }
     };
     progress::configure(cli.progress, cli.quiet);
+    open::set_ceph_args(open::CephArgs {
+        conf: cli.ceph_conf.clone(),
+        id: cli.ceph_id.clone(),
+    });
     if !matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
         // A closed pipe (`vdisk map … | head`) ends the command quietly, as other tools do.
         // Servers keep SIGPIPE ignored: a client hanging up must not kill them.

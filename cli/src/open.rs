@@ -1,16 +1,100 @@
 //! Opening bundles from the user's DISK arguments, with the error context a user needs. The
 //! one place where a DISK argument becomes a [`Store`].
+//!
+//! A DISK is a bundle directory (`web.vdisk`) or a bundle in a Ceph pool
+//! (`rados://POOL/NAME`, the cluster chosen by `--ceph-conf`/`CEPH_CONF` and `--ceph-id` as
+//! the Ceph tools do).
 
 use anyhow::{Context, Result};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use vdisk_blockdev::Volume;
 use vdisk_engine::{Disk, LocalStore, Store, Target, View};
 use vdisk_live::control::{Request, WriterAccess};
 use vdisk_live::{HeldWriter, Reader};
+use vdisk_rados::{RadosOptions, RadosStore, RadosUrl};
+
+/// The global `--ceph-conf` / `--ceph-id` flags.
+#[derive(Debug, Clone, Default)]
+pub struct CephArgs {
+    /// Ceph configuration file.
+    pub conf: Option<PathBuf>,
+    /// Ceph client id (without `client.`).
+    pub id: Option<String>,
+}
+
+static CEPH: OnceLock<CephArgs> = OnceLock::new();
+
+/// Records the global Ceph flags (called once by `main`).
+pub fn set_ceph_args(a: CephArgs) {
+    let _ = CEPH.set(a);
+}
+
+/// True when a DISK argument names a bundle in a Ceph pool.
+pub fn is_rados(path: &Path) -> bool {
+    path.to_str().is_some_and(vdisk_rados::is_rados)
+}
+
+/// A DISK argument made absolute (a `rados://` address is left as it is).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if is_rados(path) {
+        return Ok(path.to_path_buf());
+    }
+    std::path::absolute(path).with_context(|| format!("{}: cannot resolve", path.display()))
+}
+
+fn rados_store(path: &Path) -> Result<RadosStore> {
+    let url: RadosUrl = path.to_str().unwrap_or_default().parse()?;
+    let a = CEPH.get().cloned().unwrap_or_default();
+    let mut o = RadosOptions::default();
+    o.connect.conf = a.conf;
+    o.connect.id = a.id;
+    RadosStore::connect(&url, &o).with_context(|| format!("{url}: cannot open"))
+}
+
+/// A store for a new bundle: an empty directory made at `path`, or a pool that holds no
+/// bundle of that name.
+pub fn create_store(path: &Path) -> Result<Arc<dyn Store>> {
+    if is_rados(path) {
+        let s = rados_store(path)?;
+        if s.exists()
+            .with_context(|| format!("{}: cannot read", s.url()))?
+        {
+            anyhow::bail!("cannot create {}: a bundle of that name exists", s.url());
+        }
+        return Ok(Arc::new(s));
+    }
+    let s =
+        LocalStore::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(Arc::new(s))
+}
+
+/// Removes what a failed create left (the directory, or the bundle's objects).
+pub fn discard_created(path: &Path) {
+    if is_rados(path) {
+        if let Ok(s) = rados_store(path) {
+            let _ = s.destroy();
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(path);
+    }
+}
 
 /// A store over an existing bundle.
 pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
+    if is_rados(path) {
+        let s = rados_store(path)?;
+        if !s
+            .exists()
+            .with_context(|| format!("{}: cannot read", s.url()))?
+        {
+            anyhow::bail!(
+                "{}: not a vdisk bundle (no manifest; create one with `vdisk create`)",
+                s.url()
+            );
+        }
+        return Ok(Arc::new(s));
+    }
     if !path.join("manifest").is_file() {
         anyhow::bail!(
             "{}: not a vdisk bundle (no manifest; create one with `vdisk create`)",

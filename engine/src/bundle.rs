@@ -129,14 +129,28 @@ pub(crate) fn write_copy(store: &dyn Store, bytes: &[u8]) -> Result<()> {
     obj.sync().map_err(|e| Error::io(MANIFEST_COPY, "sync", e))
 }
 
-/// Replace the manifest (atomically) and then its copy.
+/// Replace the manifest (atomically, only if it is still at the generation before `m`'s:
+/// none for a first manifest) and then its copy. A lost race is an [`Error::Conflict`].
 pub(crate) fn write_manifest(store: &dyn Store, m: &Manifest) -> Result<()> {
     let bytes = m.encode();
     store
-        .write_manifest(&bytes)
-        .map_err(|e| Error::io(format!("{}/manifest", store.location()), "replace", e))?;
+        .replace_manifest(&bytes, m.generation.saturating_sub(1))
+        .map_err(|e| manifest_replace_err(&store.location(), e))?;
     let _ = write_copy(store, &bytes);
     Ok(())
+}
+
+/// The error of a failed conditional manifest replace: a [`Error::Conflict`] when another
+/// process changed the manifest first.
+fn manifest_replace_err(loc: &str, e: io::Error) -> Error {
+    match crate::store::as_generation_mismatch(&e) {
+        Some(g) => Error::Conflict {
+            path: loc.to_string(),
+            expected: g.expected,
+            found: g.found.unwrap_or(0),
+        },
+        None => Error::io(format!("{loc}/manifest"), "replace", e),
+    }
 }
 
 /// Layers of `m` no longer referenced: removed from `m`; returns the objects to delete.

@@ -78,7 +78,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     if result.is_err() {
         // Leave nothing half-written behind.
-        if a.dst.is_dir() {
+        if df == Format::Vdisk && crate::open::is_rados(&a.dst) {
+            crate::open::discard_created(&a.dst);
+        } else if a.dst.is_dir() {
             let _ = std::fs::remove_dir_all(&a.dst);
         } else {
             let _ = std::fs::remove_file(&a.dst);

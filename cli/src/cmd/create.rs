@@ -4,12 +4,11 @@ use crate::size::{human, parse_size};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use vdisk_engine::{CreateOptions, Disk, LocalStore};
+use vdisk_engine::{CreateOptions, Disk};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Path of the new bundle (a directory, by convention NAME.vdisk).
+    /// The new bundle: a directory (by convention NAME.vdisk) or rados://POOL/NAME.
     pub disk: PathBuf,
     /// Virtual size (K/M/G/T suffixes, powers of 1024).
     #[arg(long, short = 's', value_parser = parse_size)]
@@ -78,12 +77,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
 /// Create a bundle directory and open it for writing.
 pub fn create(path: &std::path::Path, opts: &CreateOptions) -> Result<Disk> {
-    let store =
-        LocalStore::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    match Disk::create(Arc::new(store), opts) {
+    let store = crate::open::create_store(path)?;
+    match Disk::create(store, opts) {
         Ok(d) => Ok(d),
         Err(e) => {
-            let _ = std::fs::remove_dir_all(path);
+            crate::open::discard_created(path);
             Err(e).with_context(|| format!("cannot create {}", path.display()))
         }
     }

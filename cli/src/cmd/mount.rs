@@ -64,8 +64,7 @@ struct Mounted {
 
 impl Mounted {
     fn start(a: &Args) -> Result<Mounted> {
-        let path = std::path::absolute(&a.disk)
-            .with_context(|| format!("{}: cannot resolve", a.disk.display()))?;
+        let path = crate::open::resolve(&a.disk)?;
         let held = if a.read_write {
             crate::open::writer(&path, "mount", "mount it without --read-write")?
         } else {

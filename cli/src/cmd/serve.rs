@@ -144,8 +144,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let path = std::path::absolute(&a.disk)
-        .with_context(|| format!("{}: cannot resolve", a.disk.display()))?;
+    let path = crate::open::resolve(&a.disk)?;
     let held = if a.read_only {
         crate::open::reader(&path, None)?
     } else {

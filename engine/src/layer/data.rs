@@ -243,7 +243,16 @@ pub(crate) fn check_entry_bounds(
 }
 
 fn open_obj(store: &dyn Store, name: &str, writable: bool) -> Result<Arc<dyn Object>> {
-    store.open_object(name, writable).map_err(|e| {
+    opened(name, store.open_object(name, writable))
+}
+
+/// Open a sealed layer file (immutable: the store may cache it).
+fn open_sealed(store: &dyn Store, name: &str) -> Result<Arc<dyn Object>> {
+    opened(name, store.open_sealed_object(name))
+}
+
+fn opened(name: &str, r: io::Result<Arc<dyn Object>>) -> Result<Arc<dyn Object>> {
+    r.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Error::Missing {
                 object: name.to_string(),
@@ -272,7 +281,8 @@ pub(crate) fn open_externs(
             ),
         ));
     }
-    names.iter().map(|n| open_obj(store, n, false)).collect()
+    // An extern is always a file written sealed (layer.md §6).
+    names.iter().map(|n| open_sealed(store, n)).collect()
 }
 
 /// True when an active layer file that has no valid header slot is a *fresh* layer, never
@@ -317,7 +327,11 @@ impl LayerData {
         geometry: &Geometry,
         budget: u64,
     ) -> Result<LayerData> {
-        let obj = open_obj(store, &record.file, false)?;
+        let obj = if record.sealed {
+            open_sealed(store, &record.file)?
+        } else {
+            open_obj(store, &record.file, false)?
+        };
         let name = record.file.clone();
         let header = match read_header(&obj) {
             Ok((h, _, _, _)) => h,

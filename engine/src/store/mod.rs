@@ -40,6 +40,44 @@ pub trait Object: Send + Sync {
 /// A held lock; dropping it releases the lock.
 pub trait StoreLock: Send + Sync {}
 
+/// The manifest was not at the generation a conditional replace expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationMismatch {
+    /// Generation the caller read (0: none).
+    pub expected: u64,
+    /// Generation found, when known (0: no manifest).
+    pub found: Option<u64>,
+}
+
+impl std::fmt::Display for GenerationMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.found {
+            Some(g) => write!(
+                f,
+                "the manifest is at generation {g}, not {} as read",
+                self.expected
+            ),
+            None => write!(
+                f,
+                "the manifest is no longer at generation {} as read",
+                self.expected
+            ),
+        }
+    }
+}
+
+impl std::error::Error for GenerationMismatch {}
+
+/// An `io::Error` carrying a [`GenerationMismatch`].
+pub fn generation_mismatch(expected: u64, found: Option<u64>) -> io::Error {
+    io::Error::other(GenerationMismatch { expected, found })
+}
+
+/// The [`GenerationMismatch`] inside `e`, if it is one.
+pub fn as_generation_mismatch(e: &io::Error) -> Option<&GenerationMismatch> {
+    e.get_ref()?.downcast_ref::<GenerationMismatch>()
+}
+
 /// Storage of one bundle.
 pub trait Store: Send + Sync {
     /// Human-readable location (a path, a `rados://` URL), for messages.
@@ -64,11 +102,38 @@ pub trait Store: Send + Sync {
     }
     /// Replace the manifest atomically and durably.
     fn write_manifest(&self, bytes: &[u8]) -> io::Result<()>;
+    /// Replace the manifest only if the stored one still has generation `expected` (0: only
+    /// if there is none), atomically and durably; otherwise fail with a
+    /// [`GenerationMismatch`] (see [`generation_mismatch`]) and change nothing.
+    ///
+    /// The default reads, compares and writes: correct for stores whose callers hold the
+    /// maintenance lock around it (every manifest update does), which a local lock makes
+    /// exclusive. A store shared by hosts whose lock can be broken makes the comparison part
+    /// of the write itself (the RADOS store: one write operation that asserts the generation
+    /// and the lock).
+    fn replace_manifest(&self, bytes: &[u8], expected: u64) -> io::Result<()> {
+        let found = match self.read_manifest()? {
+            None => Some(0),
+            // A damaged primary (being replaced from its copy) has no generation to compare.
+            Some(b) => crate::format::manifest::peek_generation(&b),
+        };
+        match found {
+            Some(g) if g != expected => Err(generation_mismatch(expected, Some(g))),
+            _ => self.write_manifest(bytes),
+        }
+    }
+    /// Open an object the caller knows is sealed: its bytes never change again and its name
+    /// is never reused, so a store may cache what it reads of it (keyed by the name).
+    fn open_sealed_object(&self, name: &str) -> io::Result<Arc<dyn Object>> {
+        self.open_object(name, false)
+    }
     /// Take the writer lock without waiting (`WouldBlock` when another writer holds it).
     fn lock_writer(&self) -> io::Result<Box<dyn StoreLock>>;
     /// Take the maintenance lock, waiting for it.
     fn lock_maintenance(&self) -> io::Result<Box<dyn StoreLock>>;
-    /// Path of the control socket, for stores that have a local directory.
+    /// Path of the control socket of a long-lived writer of this bundle: beside the bundle
+    /// for a local directory, in a runtime directory of this host keyed by the bundle for a
+    /// store without one; `None` when the store has no such place.
     fn control_socket_path(&self) -> Option<std::path::PathBuf> {
         None
     }
