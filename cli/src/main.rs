@@ -188,9 +188,16 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
+            if !e.use_stderr() {
+                // --help, --version
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One error prefix for every message, clap's usage errors included.
+            let msg = e.render().to_string();
+            let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+            eprint!("vdisk: error: {msg}");
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     progress::configure(cli.progress, cli.quiet);

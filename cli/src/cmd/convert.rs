@@ -15,6 +15,9 @@ use vdisk_live::RawFile;
 use vdisk_vmdk::{write_vmdk, Subformat, WriteOptions};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vdisk convert disk.raw web.vdisk\n  vdisk convert -O vmdk -o subformat=streamOptimized web.vdisk web.vmdk\n  vdisk convert --snapshot before-upgrade web.vdisk old.raw\n  vdisk convert vm-000002.vmdk vm.vdisk          # a VMDK chain becomes snapshots"
+)]
 pub struct Args {
     /// Source format (default: from the path, then from the content).
     #[arg(short = 'f', long = "source-format")]

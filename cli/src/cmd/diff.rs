@@ -12,6 +12,9 @@ use vdisk_engine::diff::{diff as engine_diff, DiffKind, Point};
 use vdisk_engine::stream::{export_diff, ImportOptions, StreamReport};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vdisk diff web.vdisk before-upgrade              # snapshot .. head\n  vdisk diff web.vdisk s1 s2 --stat --json\n  vdisk diff web.vdisk s1 --exit-code && echo unchanged"
+)]
 pub struct DiffArgs {
     /// The disk bundle.
     pub disk: PathBuf,
@@ -34,6 +37,9 @@ pub struct DiffArgs {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vdisk export-diff web.vdisk --to s1 -o s1.vdelta            # full\n  vdisk export-diff web.vdisk --from s1 --to s2 -o - | ssh b vdisk import-diff r.vdisk -"
+)]
 pub struct ExportArgs {
     /// The disk bundle.
     pub disk: PathBuf,
@@ -55,6 +61,9 @@ pub struct ExportArgs {
 }
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vdisk import-diff replica.vdisk s1-s2.vdelta\n  vdisk import-diff replica.vdisk - --force < s1-s2.vdelta   # discard the replica head's own writes"
+)]
 pub struct ImportArgs {
     /// The disk bundle to apply the stream to.
     pub disk: PathBuf,
@@ -214,13 +223,16 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
 
 pub fn import(a: ImportArgs) -> Result<ExitCode> {
     let d = crate::open::disk(&a.disk)?;
-    let bar = crate::progress::counter("importing");
-    let input: Box<dyn std::io::Read> = if a.input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(
-            File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?,
+    let (input, bar): (Box<dyn std::io::Read>, _) = if a.input.as_os_str() == "-" {
+        (
+            Box::new(std::io::stdin().lock()),
+            crate::progress::counter("importing"),
         )
+    } else {
+        let f =
+            File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        (Box::new(f), crate::progress::bytes(len, "importing"))
     };
     let mut reader = BufReader::new(crate::progress::ProgressReader {
         inner: input,

@@ -14,6 +14,9 @@ use vdisk_engine::Id;
 use vdisk_live::control::Request;
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vdisk merge web.vdisk before-upgrade\n  vdisk merge web.vdisk --range s1..s5          # s1..s4 go, s5 stays"
+)]
 pub struct MergeArgs {
     /// The disk bundle.
     pub disk: PathBuf,

@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use vdisk_fuse::{MountHandle, MountOptions};
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vdisk mount web.vdisk /mnt/web\n  mount -o loop,ro /mnt/web/snapshots/before-upgrade/part1.raw /mnt/old\n  vdisk mount --read-write web.vdisk /mnt/web && vdisk umount /mnt/web\n\nEnvironment: VDISK_LOG sets the log level (warn by default)."
+)]
 pub struct Args {
     /// The disk bundle.
     pub disk: PathBuf,

@@ -23,6 +23,9 @@ use vdisk_nbd::{
 };
 
 #[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  vdisk serve web.vdisk --export-snapshots &\n  qemu-img info nbd://127.0.0.1:10809\n  vdisk serve web.vdisk --socket /run/web.sock --read-only\n\nEnvironment: VDISK_LOG sets the log level (warn by default)."
+)]
 pub struct Args {
     /// The disk bundle.
     pub disk: PathBuf,
