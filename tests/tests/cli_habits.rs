@@ -329,3 +329,64 @@ fn completions_and_man_pages() {
     assert!(dir.join("vdisk-snapshot-create.1").exists());
     assert!(dir.join("vdisk-compare.1").exists());
 }
+
+#[test]
+fn convert_builds_aside_and_never_deletes_what_it_did_not_make() {
+    let t = tmp();
+    let src = t.path().join("src.raw");
+    fs::write(&src, rnd(9, 48 << 20)).unwrap();
+    let s = src.to_str().unwrap();
+    // Two converts to one destination: one wins, the other fails without touching it.
+    let dst = t.path().join("d.vdisk");
+    let d = dst.to_str().unwrap();
+    let a = Command::new(vdisk_bin())
+        .args(["convert", s, d])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = Command::new(vdisk_bin())
+        .args(["convert", s, d])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() || b.status.success(),
+        "one convert must win"
+    );
+    assert_eq!(code(&["compare", s, d]), 0, "the winner's output is whole");
+    for o in [&a, &b] {
+        if !o.status.success() {
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(e.contains("exists"), "{e}");
+        }
+    }
+    // A convert killed part-way leaves no output that looks whole.
+    for (i, delay) in [5u64, 40, 150].iter().enumerate() {
+        let out = t.path().join(format!("k{i}.vdisk"));
+        let mut c = Command::new(vdisk_bin())
+            .args(["convert", s, out.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(*delay));
+        let _ = c.kill();
+        c.wait().unwrap();
+        // Killed before the final rename: no output; after it: a whole one.
+        if out.exists() {
+            assert_eq!(
+                code(&["compare", s, out.to_str().unwrap()]),
+                0,
+                "{}",
+                out.display()
+            );
+        }
+    }
+    // Nothing but the outputs and their leftover staging folders.
+    for e in fs::read_dir(t.path()).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            n == "src.raw" || n.ends_with(".vdisk") || n.contains(".partial-"),
+            "unexpected {n}"
+        );
+    }
+}

@@ -74,25 +74,123 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     let input = open_image(&a.src, a.src_format, a.snapshot.as_deref(), &a.allow_dirs)?;
-    let result = match df {
-        Format::Raw => to_raw(input.device(), &a.dst),
-        Format::Vdisk => to_vdisk(&input, &a.dst, a.cluster_size),
-        Format::Vmdk => to_vmdk(&input, &a.dst, wopts),
-    };
-    if result.is_err() {
-        // Leave nothing half-written behind.
-        if df == Format::Vdisk && crate::open::is_rados(&a.dst) {
+    if df == Format::Vdisk && crate::open::is_rados(&a.dst) {
+        // A RADOS bundle is created in place (its manifest appears last); a failed one is
+        // removed.
+        let result = to_vdisk(&input, &a.dst, a.cluster_size);
+        if result.is_err() {
             crate::open::discard_created(&a.dst);
-        } else if a.dst.is_dir() {
-            let _ = std::fs::remove_dir_all(&a.dst);
-        } else {
-            let _ = std::fs::remove_file(&a.dst);
         }
+        return result.map(|()| ExitCode::SUCCESS);
+    }
+    // Everything is built under a private folder beside the destination and renamed into
+    // place only when complete, never over something that appeared meanwhile: a convert
+    // killed half-way leaves no output that looks whole, and two converts to one
+    // destination never delete each other's.
+    let stage = Staging::new(&a.dst)?;
+    let out = stage.path(&a.dst);
+    let result = match df {
+        Format::Raw => to_raw(input.device(), &out),
+        Format::Vdisk => to_vdisk(&input, &out, a.cluster_size),
+        Format::Vmdk => to_vmdk(&input, &out, wopts),
+    };
+    result?;
+    // The flat extent first: the descriptor that names it appears last.
+    if let Some(f) = &flat {
+        stage.publish(f)?;
+    }
+    if let Err(e) = stage.publish(&a.dst) {
         if let Some(f) = &flat {
             let _ = std::fs::remove_file(f);
         }
+        return Err(e);
     }
-    result.map(|()| ExitCode::SUCCESS)
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A private folder beside a destination where an output is built (removed, with whatever
+/// is left in it, when dropped).
+struct Staging {
+    dir: PathBuf,
+}
+
+impl Staging {
+    fn new(dst: &Path) -> Result<Staging> {
+        let parent = match dst.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = dst
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        let mut rnd = [0u8; 8];
+        let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| {
+            use std::io::Read;
+            f.read_exact(&mut rnd)
+        });
+        let tag: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = parent.join(format!(".{name}.partial-{}-{tag}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("cannot create the staging folder {}", dir.display()))?;
+        Ok(Staging { dir })
+    }
+
+    /// Where `final_path` is built.
+    fn path(&self, final_path: &Path) -> PathBuf {
+        self.dir.join(final_path.file_name().unwrap_or_default())
+    }
+
+    /// Moves the built `final_path` into place; fails if something is there already.
+    fn publish(&self, final_path: &Path) -> Result<()> {
+        let from = self.path(final_path);
+        rename_noreplace(&from, final_path).with_context(|| {
+            format!(
+                "{}: cannot move the finished output into place",
+                final_path.display()
+            )
+        })?;
+        // The rename is durable once the folder holding it is synced.
+        let parent = match final_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", parent.display()))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `rename(2)` that refuses to replace an existing destination (`RENAME_NOREPLACE`).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings we own; renameat2 only reads them.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// `STEM-flat.vmdk` beside a monolithicFlat descriptor (the vmdk writer's naming).
