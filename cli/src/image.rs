@@ -108,7 +108,7 @@ pub fn open_image(
                 None => Target::Head,
             };
             Input::Vdisk(Box::new(
-                View::open(store.as_ref(), target)
+                View::open_with(store.as_ref(), target, &crate::open::engine_options())
                     .with_context(|| format!("cannot open {}", path.display()))?,
             ))
         }

@@ -56,6 +56,10 @@ struct Cli {
     /// No progress bars and no informational messages (errors and requested output only).
     #[arg(short = 'q', long, global = true)]
     quiet: bool,
+    /// Read sealed data without checking it against its blake3 (raw speed; a damaged
+    /// cluster is then returned as it is instead of refused).
+    #[arg(long, global = true)]
+    no_verify: bool,
     /// Ceph configuration file for rados://POOL/NAME disks (default: $CEPH_CONF, then
     /// /etc/ceph/ceph.conf).
     #[arg(long, global = true, value_name = "FILE")]
@@ -201,6 +205,7 @@ fn main() -> ExitCode {
         }
     };
     progress::configure(cli.progress, cli.quiet);
+    open::set_no_verify(cli.no_verify);
     open::set_ceph_args(open::CephArgs {
         conf: cli.ceph_conf.clone(),
         id: cli.ceph_id.clone(),

@@ -107,7 +107,8 @@ pub fn store(path: &Path) -> Result<Arc<dyn Store>> {
 
 /// Open a bundle for writing.
 pub fn disk(path: &Path) -> Result<Disk> {
-    Disk::open(store(path)?).with_context(|| format!("cannot open {} for writing", path.display()))
+    Disk::open_with(store(path)?, &engine_options())
+        .with_context(|| format!("cannot open {} for writing", path.display()))
 }
 
 /// A snapshot argument, with `head` and `@head` (the live head) as `None`.
@@ -147,7 +148,8 @@ pub fn view(path: &Path, snapshot: Option<&str>) -> Result<View> {
         Some(s) => Target::Snapshot(resolve_snapshot(store.as_ref(), s)?),
         None => Target::Head,
     };
-    View::open(store.as_ref(), target).with_context(|| format!("cannot open {}", path.display()))
+    View::open_with(store.as_ref(), target, &engine_options())
+        .with_context(|| format!("cannot open {}", path.display()))
 }
 
 /// Open the bundle for writing here, or reach the long-lived writer holding it.
@@ -220,7 +222,7 @@ impl Held {
 /// Hold the bundle as its writer (`role`: serve, mount). When another process writes it,
 /// the error ends with `hint` (what to do instead).
 pub fn writer(path: &Path, role: &'static str, hint: &str) -> Result<Held> {
-    let w = HeldWriter::start(store(path)?, role).map_err(|e| {
+    let w = HeldWriter::start_with(store(path)?, role, &engine_options()).map_err(|e| {
         let locked = e.is_locked();
         let e =
             anyhow::Error::new(e).context(format!("cannot open {} for writing", path.display()));
@@ -236,9 +238,25 @@ pub fn writer(path: &Path, role: &'static str, hint: &str) -> Result<Held> {
 
 /// Hold the bundle lock-free; with `only`, show that snapshot alone.
 pub fn reader(path: &Path, only: Option<&str>) -> Result<Held> {
-    let r = Reader::open(store(path)?, only)
+    let r = Reader::open_with(store(path)?, only, &engine_options())
         .with_context(|| format!("cannot open {}", path.display()))?;
     Ok(Held::Reader(r))
+}
+
+static NO_VERIFY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Applies the global `--no-verify` option.
+pub fn set_no_verify(no_verify: bool) {
+    NO_VERIFY.store(no_verify, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How this command opens bundles: sealed data verified against its blake3 unless
+/// `--no-verify`.
+pub fn engine_options() -> vdisk_engine::OpenOptions {
+    vdisk_engine::OpenOptions {
+        verify: !NO_VERIFY.load(std::sync::atomic::Ordering::Relaxed),
+        ..Default::default()
+    }
 }
 
 /// Raise the soft open-file limit to the hard one: a deep chain keeps one descriptor per

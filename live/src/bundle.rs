@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use vdisk_blockdev::{Export, SnapshotEntry, Volume};
 use vdisk_engine::format::manifest::Manifest;
-use vdisk_engine::{io_error, Disk, Error, Id, Store, Target, View};
+use vdisk_engine::{io_error, Disk, Error, Id, OpenOptions, Store, Target, View};
 
 /// How often a lock-free [`Reader`] asks the store whether the manifest changed.
 pub const READER_POLL: Duration = Duration::from_millis(200);
@@ -200,7 +200,16 @@ impl Writer {
     /// Opens the bundle in `store` as its writer; `role` (`mount`, `serve`, `vm`) says who
     /// holds it, for `info` and for messages to other processes.
     pub fn open(store: Arc<dyn Store>, role: &'static str) -> Result<Arc<Writer>, Error> {
-        Ok(Writer::new(Disk::open(store)?, role))
+        Writer::open_with(store, role, &OpenOptions::default())
+    }
+
+    /// [`Writer::open`] with engine open options (verification, memory budget).
+    pub fn open_with(
+        store: Arc<dyn Store>,
+        role: &'static str,
+        opts: &OpenOptions,
+    ) -> Result<Arc<Writer>, Error> {
+        Ok(Writer::new(Disk::open_with(store, opts)?, role))
     }
 
     /// Wraps a disk already opened for writing.
@@ -350,6 +359,7 @@ struct ReaderState {
 /// most every [`READER_POLL`]).
 pub struct Reader {
     store: Arc<dyn Store>,
+    opts: OpenOptions,
     /// Show only this snapshot (and no head).
     only: Option<String>,
     state: RwLock<ReaderState>,
@@ -362,7 +372,16 @@ impl Reader {
     /// Opens the bundle in `store` lock-free; with `only`, the head is hidden and only that
     /// snapshot is listed.
     pub fn open(store: Arc<dyn Store>, only: Option<&str>) -> Result<Arc<Reader>, Error> {
-        let st = Self::load(store.as_ref(), only.is_none())?;
+        Reader::open_with(store, only, &OpenOptions::default())
+    }
+
+    /// [`Reader::open`] with engine open options (verification, memory budget).
+    pub fn open_with(
+        store: Arc<dyn Store>,
+        only: Option<&str>,
+        opts: &OpenOptions,
+    ) -> Result<Arc<Reader>, Error> {
+        let st = Self::load(store.as_ref(), only.is_none(), opts)?;
         if let Some(name) = only {
             if st.manifest.snapshot(name).is_none() {
                 return Err(Error::SnapshotNotFound(name.to_string()));
@@ -370,6 +389,7 @@ impl Reader {
         }
         Ok(Arc::new(Reader {
             store,
+            opts: opts.clone(),
             only: only.map(str::to_string),
             state: RwLock::new(st),
             refreshing: Mutex::new(()),
@@ -377,9 +397,9 @@ impl Reader {
         }))
     }
 
-    fn load(store: &dyn Store, with_head: bool) -> Result<ReaderState, Error> {
+    fn load(store: &dyn Store, with_head: bool, opts: &OpenOptions) -> Result<ReaderState, Error> {
         let (manifest, head) = if with_head {
-            let v = View::open(store, Target::Head)?;
+            let v = View::open_with(store, Target::Head, opts)?;
             (v.manifest().clone(), Some(Arc::new(v)))
         } else {
             (vdisk_engine::disk::read_manifest(store)?, None)
@@ -423,7 +443,7 @@ impl Reader {
                 return self.mark_checked();
             }
         }
-        match Self::load(self.store.as_ref(), self.only.is_none()) {
+        match Self::load(self.store.as_ref(), self.only.is_none(), &self.opts) {
             Ok(st) => {
                 self.views.retain(&st.manifest);
                 *self.state.write().unwrap_or_else(|p| p.into_inner()) = st;
@@ -476,7 +496,11 @@ impl Volume for Reader {
         }
         let m = self.read().manifest.clone();
         let v = self.views.get_or_open(&m, name, || {
-            View::open(self.store.as_ref(), Target::Snapshot(name.to_string()))
+            View::open_with(
+                self.store.as_ref(),
+                Target::Snapshot(name.to_string()),
+                &self.opts,
+            )
         })?;
         Ok(v as Arc<dyn Export>)
     }

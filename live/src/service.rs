@@ -18,7 +18,16 @@ impl HeldWriter {
     /// and listens on the control socket the store names. A store without a place for a
     /// socket (an in-memory store) is served without one.
     pub fn start(store: Arc<dyn Store>, role: &'static str) -> Result<HeldWriter, ControlError> {
-        let writer = Writer::open(Arc::clone(&store), role)?;
+        HeldWriter::start_with(store, role, &vdisk_engine::OpenOptions::default())
+    }
+
+    /// [`HeldWriter::start`] with engine open options (verification, memory budget).
+    pub fn start_with(
+        store: Arc<dyn Store>,
+        role: &'static str,
+        opts: &vdisk_engine::OpenOptions,
+    ) -> Result<HeldWriter, ControlError> {
+        let writer = Writer::open_with(Arc::clone(&store), role, opts)?;
         let control = match socket_path(store.as_ref()) {
             Ok(path) => Some(ControlServer::start(
                 &path,

@@ -390,3 +390,72 @@ fn convert_builds_aside_and_never_deletes_what_it_did_not_make() {
         );
     }
 }
+
+#[test]
+fn no_verify_returns_what_verification_refuses() {
+    let t = tmp();
+    let d = disk(&t);
+    // Flip one bit of s1's sealed data (the first cluster its map names).
+    let raw = fs::read(t.path().join("d.vdisk/manifest")).unwrap();
+    let start = raw.iter().position(|&b| b == b'{').unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&raw[start..]).unwrap();
+    let layer = m["snapshots"][0]["layer"].as_str().unwrap();
+    let file = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == layer)
+        .unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = t.path().join("d.vdisk").join(file);
+    let mut b = fs::read(&path).unwrap();
+    let map = u64::from_le_bytes(b[64..72].try_into().unwrap()) as usize;
+    let cluster = u64::from_le_bytes(b[map..map + 8].try_into().unwrap());
+    let data = u64::from_le_bytes(b[map + 8..map + 16].try_into().unwrap()) as usize;
+    b[data + 100] ^= 0x01;
+    fs::write(&path, &b).unwrap();
+    let off = (cluster * 65536).to_string();
+    let out = t.path().join("r");
+    let o = out.to_str().unwrap();
+    let e = vdisk_err(&[
+        "read",
+        &d,
+        "--snapshot",
+        "s1",
+        "--offset",
+        &off,
+        "--length",
+        "4096",
+        "--output",
+        o,
+    ]);
+    assert!(
+        e.contains("s1") || e.contains("blake3") || e.contains("checksum"),
+        "{e}"
+    );
+    assert!(!out.exists(), "a refused read leaves no output file");
+    vdisk_ok(&[
+        "--no-verify",
+        "read",
+        &d,
+        "--snapshot",
+        "s1",
+        "--offset",
+        &off,
+        "--length",
+        "4096",
+        "--output",
+        o,
+    ]);
+    let got = fs::read(&out).unwrap();
+    let want = rnd(1, 300_000);
+    let at = (cluster * 65536) as usize;
+    assert_ne!(
+        got[100],
+        want[at + 100],
+        "--no-verify returns the stored (damaged) byte"
+    );
+    assert_eq!(got[101], want[at + 101]);
+}
