@@ -225,10 +225,15 @@ pub(crate) fn remove_orphans(store: &dyn Store) -> Result<Vec<String>> {
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
         Err(e) => return Err(Error::io(MANIFEST_TMP, "remove", e)),
     }
-    for name in store
+    let mut names = store
         .list_objects("layers")
-        .map_err(|e| Error::io(format!("{loc}/layers"), "list", e))?
-    {
+        .map_err(|e| Error::io(format!("{loc}/layers"), "list", e))?;
+    match store.list_objects("state") {
+        Ok(s) => names.extend(s),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("{loc}/state"), "list", e)),
+    }
+    for name in names {
         if !live.contains(&name) {
             store
                 .remove_object(&name)

@@ -135,7 +135,19 @@ pub fn check_with_progress(store: &dyn Store, progress: &dyn Fn(usize, usize)) -
         r.layers_checked += 1;
     }
     progress(m.layers.len(), m.layers.len());
-    match store.list_objects("layers") {
+    // VM state (vmstate.md): the state object and every extent of each memory image
+    for s in &m.snapshots {
+        if let Some(rec) = s.vm() {
+            match crate::vmstate::verify(store, &rec) {
+                Ok(c) => r.bytes_verified += c.memory_bytes + c.state_bytes,
+                Err(e) => r.record_error("state/", e),
+            }
+        }
+    }
+    match store
+        .list_objects("layers")
+        .and_then(|mut l| Ok({ l.extend(store.list_objects("state")?); l }))
+    {
         Ok(names) => {
             let live = m.live_objects();
             for n in names {

@@ -619,7 +619,21 @@ impl Disk {
     /// disk size and chain depth (it hashes the clusters written since the last snapshot),
     /// four syncs (format-spec/recovery.md §3).
     pub fn snapshot_create(&self, name: &str) -> Result<SnapshotInfo> {
+        self.snapshot_create_with(name, None)
+    }
+
+    /// [`Disk::snapshot_create`] recording `vm_state` (format-spec/vmstate.md) in the same
+    /// manifest replace: the disk layer and the VM state it names can never disagree. The
+    /// objects the record names must be complete and synced.
+    pub fn snapshot_create_with(
+        &self,
+        name: &str,
+        vm_state: Option<crate::format::vmstate::VmStateRecord>,
+    ) -> Result<SnapshotInfo> {
         valid_snapshot_name(name)?;
+        if let Some(r) = &vm_state {
+            r.validate().map_err(|e| e.in_object("vm_state"))?;
+        }
         let mut st = self.write_state()?;
         if st.manifest.snapshot(name).is_some() {
             return Err(Error::SnapshotExists(name.to_string()));
@@ -645,7 +659,7 @@ impl Disk {
             created_ns: now,
             layer: old_id,
             pinned: false,
-            vm_state: None,
+            vm_state: vm_state.map(|r| r.to_value()),
             virtual_size: st.manifest.head_size,
         };
         let rec = snap.clone();

@@ -138,6 +138,9 @@ pub enum Error {
     /// The store cannot do this.
     #[error("{0} is not supported by this store")]
     Unsupported(&'static str),
+    /// The snapshot holds a disk layer only: there is no VM state to restore.
+    #[error("snapshot {snapshot:?} holds no VM state (a disk-only snapshot)")]
+    NoVmState { snapshot: String },
 }
 
 /// The broad class of an [`Error`], for callers that map errors to a protocol's codes (the
@@ -193,7 +196,8 @@ impl Error {
             | E::NothingToCommit
             | E::SharedLayer { .. }
             | E::NeedsWriter { .. }
-            | E::LayerNotSealed(_) => ErrorKind::Refused,
+            | E::LayerNotSealed(_)
+            | E::NoVmState { .. } => ErrorKind::Refused,
             E::Locked { .. } | E::Conflict { .. } => ErrorKind::Busy,
             E::Limit { .. } => ErrorKind::Limit,
             E::Format { .. } | E::Checksum { .. } | E::Corrupt { .. } | E::Damaged { .. } => {

@@ -38,6 +38,7 @@ mod sparse;
 pub mod store;
 pub mod stream;
 pub mod view;
+pub mod vmstate;
 
 pub use alloc::{Extent, ExtentKind};
 pub use device::io_error;

@@ -383,7 +383,10 @@ fn merge_context(names: &[String]) -> String {
 /// Remove the snapshot records `names` (under the maintenance lock); returns them.
 fn remove_records(store: &dyn Store, names: &[String]) -> Result<Vec<SnapshotRecord>> {
     let names2 = names.to_vec();
+    // A later snapshot's memory diff based on a removed one gets the removed ones folded in.
+    let folds = crate::vmstate::fold_for_removal(store, &read_manifest(store)?, names)?;
     let (_, removed) = update_manifest_locked(store, |m| {
+        crate::vmstate::apply_folds(m, &folds);
         let (gone, kept) = std::mem::take(&mut m.snapshots)
             .into_iter()
             .partition(|s| names2.contains(&s.name));

@@ -116,6 +116,20 @@ pub struct VmConfig {
     /// Free-form key/value notes (description, product, vendor, ...); informational.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// The guest program the bundled VMM runs (`vdisk vm guests`), for VMs it boots itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestConfig>,
+}
+
+/// The bundled VMM's guest of a VM: a program built from this repository's source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestConfig {
+    /// Guest name (`disk-hash`, `dirty`, …).
+    pub name: String,
+    /// Its arguments, `key=value` separated by spaces (at most 3 KiB).
+    #[serde(default)]
+    pub args: String,
 }
 
 impl VmConfig {
@@ -131,6 +145,7 @@ impl VmConfig {
             nics: Vec::new(),
             os_type: None,
             annotations: BTreeMap::new(),
+            guest: None,
         }
     }
 

@@ -105,6 +105,15 @@ pub(crate) fn validate(cfg: &VmConfig) -> Result<(), ConfigProblem> {
             format!("{} is not in 1..={MAX_MEMORY_MIB}", cfg.memory_mib),
         ));
     }
+    if let Some(g) = &cfg.guest {
+        check_text("guest.name", &g.name, false)?;
+        if g.args.len() > 3072 || g.args.chars().any(char::is_control) {
+            return Err(bad(
+                "guest.args",
+                "must be at most 3072 bytes without control characters",
+            ));
+        }
+    }
     if cfg.disks.len() > MAX_DISKS {
         return Err(bad("disks", format!("more than {MAX_DISKS} disks")));
     }

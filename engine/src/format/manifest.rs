@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 /// Magic of the manifest envelope.
 pub const MAGIC: &[u8; 8] = b"VDSKMNFT";
 /// Envelope version written (format-spec/bundle.md §2).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Oldest envelope version read.
 pub const MIN_VERSION: u32 = 1;
 /// Longest object name of a layer file: it must fit an extern table entry (layer.md §6).
@@ -63,6 +63,16 @@ pub struct SnapshotRecord {
     /// `virtual_size` (set for every snapshot by the first resize; absent: the bundle's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_size: Option<u64>,
+}
+
+impl SnapshotRecord {
+    /// The VM state record, when the snapshot has one that parses (a manifest that passed
+    /// [`Manifest::validate`] has only such).
+    pub fn vm(&self) -> Option<super::vmstate::VmStateRecord> {
+        self.vm_state
+            .as_ref()
+            .and_then(|v| super::vmstate::VmStateRecord::from_value(v).ok())
+    }
 }
 
 /// Retention policy applied by `maintain`.
@@ -350,6 +360,11 @@ impl Manifest {
             s.insert(journal_name(&l.file));
             s.extend(l.externs.iter().cloned());
         }
+        for snap in &self.snapshots {
+            if let Some(r) = snap.vm() {
+                s.extend(r.objects().map(str::to_string));
+            }
+        }
         s
     }
 
@@ -489,6 +504,31 @@ impl Manifest {
                         format!("snapshot {:?} names unknown layer {}", s.name, s.layer),
                     )
                 }
+            }
+        }
+        // VM state (vmstate.md §1): a diff's base is an earlier snapshot with memory.
+        let mut with_memory = HashSet::new();
+        let mut objects = HashSet::new();
+        for s in &self.snapshots {
+            let Some(v) = &s.vm_state else { continue };
+            let r = super::vmstate::VmStateRecord::from_value(v).map_err(|e| {
+                FieldError::new(format!("snapshots.{}", e.field), format!("{:?}: {}", s.name, e.reason))
+            })?;
+            for o in r.objects() {
+                if !objects.insert(o.to_string()) {
+                    return err("snapshots.vm_state", format!("object {o} named twice"));
+                }
+            }
+            if let Some(m) = &r.memory {
+                if let Some(b) = m.base {
+                    if !with_memory.contains(&b) {
+                        return err(
+                            "snapshots.vm_state.memory.base",
+                            format!("{:?}: base {b} is not an earlier snapshot with memory", s.name),
+                        );
+                    }
+                }
+                with_memory.insert(s.id);
             }
         }
         Ok(())

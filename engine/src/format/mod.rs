@@ -10,6 +10,7 @@ pub mod id;
 pub mod journal;
 pub mod manifest;
 pub mod map;
+pub mod vmstate;
 
 pub use geometry::Geometry;
 pub use header::LayerHeader;

@@ -270,6 +270,10 @@ impl Store for LocalStore {
     fn control_socket_path(&self) -> Option<PathBuf> {
         Some(self.root.join("control.sock"))
     }
+
+    fn local_path(&self, name: &str) -> Option<PathBuf> {
+        self.path(name).ok()
+    }
 }
 
 #[cfg(test)]

@@ -137,4 +137,9 @@ pub trait Store: Send + Sync {
     fn control_socket_path(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// The local file of object `name`, for a store that keeps objects as files (a VM
+    /// restore maps memory images from it); `None` otherwise.
+    fn local_path(&self, _name: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }
