@@ -96,6 +96,9 @@ enum Command {
     Umount(cmd::mount::UmountArgs),
     /// Serve a disk over NBD (qemu, qemu-img, nbd clients): the head and its snapshots.
     Serve(cmd::serve::Args),
+    /// The bundled KVM VMM: run guests on vdisk disks, VM snapshots and restores.
+    #[command(subcommand)]
+    Vm(cmd::vm::Command),
     /// OVF/OVA packages: export a bundle or VM folder, import, inspect.
     #[command(subcommand)]
     Ovf(cmd::ovf::Command),
@@ -210,7 +213,7 @@ fn main() -> ExitCode {
         conf: cli.ceph_conf.clone(),
         id: cli.ceph_id.clone(),
     });
-    if !matches!(cli.command, Command::Mount(_) | Command::Serve(_)) {
+    if !matches!(cli.command, Command::Mount(_) | Command::Serve(_) | Command::Vm(_)) {
         // A closed pipe (`vdisk map … | head`) ends the command quietly, as other tools do.
         // Servers keep SIGPIPE ignored: a client hanging up must not kill them.
         // SAFETY: signal() with SIG_DFL installs no handler of ours; nothing else is running.
@@ -229,6 +232,7 @@ fn main() -> ExitCode {
         Command::Umount(a) => cmd::mount::umount(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Ovf(c) => cmd::ovf::run(c),
+        Command::Vm(c) => cmd::vm::run(c),
         Command::Merge(a) => cmd::lifecycle::merge(a),
         Command::Commit(a) => cmd::lifecycle::commit(a),
         Command::Compact(a) => cmd::lifecycle::compact(a),

@@ -505,6 +505,7 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
         nics,
         os_type,
         annotations,
+        guest: None,
     };
     config.validate().map_err(|source| OvfError::Config {
         context: format!("{file}: VirtualSystem {:?}", vs.id),

@@ -49,6 +49,7 @@ _start:
     jnz 3f
     push 0x1b
     lea rax, [rip + __stack_top]
+    sub rax, 8
     push rax
     push 0x3002
     push 0x23

@@ -66,7 +66,7 @@ pub fn write_tables(mem: &Mem, vcpus: u32, disks: u32, tsc_khz: u64, args: &str)
         mem.write_slice(v, GuestAddress(at))
             .map_err(|e| VmmError::Memory(e.to_string()))
     };
-    let tss_lo: u64 = 103 | (TSS & 0xff_ffff) << 16 | 0x8b << 40 | ((TSS >> 24) & 0xff) << 56;
+    let tss_lo: u64 = TSS_LIMIT | (TSS & 0xff_ffff) << 16 | 0x8b << 40 | ((TSS >> 24) & 0xff) << 56;
     let gdt: [u64; 7] = [
         0,
         0x00af_9b00_0000_ffff, // 0x08 kernel code, 64-bit
@@ -78,9 +78,12 @@ pub fn write_tables(mem: &Mem, vcpus: u32, disks: u32, tsc_khz: u64, args: &str)
     ];
     let g: Vec<u8> = gdt.iter().flat_map(|x| x.to_le_bytes()).collect();
     w(&g, GDT)?;
-    let mut tss = [0u8; 104];
+    // An I/O permission bitmap allowing every port: ring 3 does port I/O whatever IOPL
+    // the hypervisor leaves in RFLAGS (this machine's clears it).
+    let mut tss = vec![0u8; TSS_LIMIT as usize + 1];
     tss[4..12].copy_from_slice(&STACK_TOP.to_le_bytes()); // rsp0
-    tss[102..104].copy_from_slice(&104u16.to_le_bytes()); // no I/O bitmap
+    tss[102..104].copy_from_slice(&104u16.to_le_bytes()); // I/O bitmap at 104
+    tss[TSS_LIMIT as usize] = 0xff; // the bitmap's terminating byte
     w(&tss, TSS)?;
     // PML4 → PDPT → 4 page directories of 2 MiB pages: identity map of 4 GiB, user, writable
     let pdpt = PML4 + 0x1000;
@@ -116,6 +119,9 @@ pub fn write_tables(mem: &Mem, vcpus: u32, disks: u32, tsc_khz: u64, args: &str)
     bi.extend_from_slice(a);
     w(&bi, BOOT_INFO)
 }
+
+/// TSS limit: 104 bytes, 8 KiB of I/O bitmap, its terminating byte.
+const TSS_LIMIT: u64 = 104 + 8192;
 
 fn seg(selector: u16, type_: u8, code: bool, dpl: u8) -> kvm_segment {
     kvm_segment {
@@ -157,7 +163,7 @@ pub fn setup_vcpu(vcpu: &VcpuFd, index: u32, entry: u64, cpuid: &CpuId) -> Resul
     s.ss = data;
     s.tr = kvm_segment {
         base: TSS,
-        limit: 103,
+        limit: TSS_LIMIT as u32,
         selector: 0x28,
         type_: 0xb,
         present: 1,
@@ -188,7 +194,7 @@ pub fn setup_vcpu(vcpu: &VcpuFd, index: u32, entry: u64, cpuid: &CpuId) -> Resul
     let regs = kvm_regs {
         rip: entry,
         rsp: STACK_TOP - u64::from(index) * 0x1000,
-        rflags: 2,
+        rflags: 0x3002, // IOPL 3: the ring-3 workload does port I/O
         rdi: BOOT_INFO,
         rsi: u64::from(index),
         ..Default::default()

@@ -3,7 +3,7 @@
 //! | guest physical | what |
 //! |---|---|
 //! | 0x1000 | GDT: null, kernel code 0x08, kernel data 0x10, user data 0x18, user code 0x20, TSS 0x28 |
-//! | 0x2000 | TSS (104 bytes) |
+//! | 0x2000 | TSS with an I/O bitmap allowing every port (ring 3 does port I/O; IOPL is not kept here) |
 //! | 0x8000 | boot information (`BootInfo` of guests/rt.rs) |
 //! | 0x10000 | page tables: PML4, PDPT, 4 page directories (2 MiB pages, user, writable) |
 //! | 0x90000 | top of the ring-0 stack |

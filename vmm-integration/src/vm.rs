@@ -755,8 +755,12 @@ fn vcpu_loop(mut vcpu: VcpuFd, idx: usize, sh: Arc<Shared>, msr_list: Arc<Vec<u3
         if let Some(msg) = crash {
             let at = vcpu
                 .get_regs()
-                .map(|r| format!(" at rip {:#x} rsp {:#x}", r.rip, r.rsp))
-                .unwrap_or_default();
+                .map(|r| format!(" at rip {:#x} rsp {:#x} rflags {:#x}", r.rip, r.rsp, r.rflags))
+                .unwrap_or_default()
+                + &vcpu
+                    .get_sregs()
+                    .map(|s| format!(" cs {:#x} ss {:#x} cr0 {:#x} cr4 {:#x}", s.cs.selector, s.ss.selector, s.cr0, s.cr4))
+                    .unwrap_or_default();
             exit = Some(Exit::Crash(format!("vCPU {idx}: {msg}{at}")));
         }
         if let Some(e) = exit {

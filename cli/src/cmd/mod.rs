@@ -15,4 +15,5 @@ pub mod ovf;
 pub mod resize;
 pub mod serve;
 pub mod snapshot;
+pub mod vm;
 pub mod vmdk_info;
