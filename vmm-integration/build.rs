@@ -22,14 +22,22 @@ fn main() {
                 "--crate-type=bin",
                 "--crate-name=guest",
                 "-O",
-                "-C", "panic=abort",
-                "-C", "relocation-model=static",
-                "-C", "debuginfo=0",
-                "-C", "strip=symbols",
-                "-C", "link-arg=-nostdlib",
-                "-C", "link-arg=-static",
-                "-C", "link-arg=-Wl,--image-base=0x100000",
-                "-C", "link-arg=-Wl,--build-id=none",
+                "-C",
+                "panic=abort",
+                "-C",
+                "relocation-model=static",
+                "-C",
+                "debuginfo=0",
+                "-C",
+                "strip=symbols",
+                "-C",
+                "link-arg=-nostdlib",
+                "-C",
+                "link-arg=-static",
+                "-C",
+                "link-arg=-Wl,--image-base=0x100000",
+                "-C",
+                "link-arg=-Wl,--build-id=none",
                 "-o",
             ])
             .arg(&elf)
@@ -38,6 +46,9 @@ fn main() {
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .status()
             .expect("run rustc for a guest");
-        assert!(status.success(), "building guest {name} from guests/{src} failed");
+        assert!(
+            status.success(),
+            "building guest {name} from guests/{src} failed"
+        );
     }
 }

@@ -213,7 +213,10 @@ fn main() -> ExitCode {
         conf: cli.ceph_conf.clone(),
         id: cli.ceph_id.clone(),
     });
-    if !matches!(cli.command, Command::Mount(_) | Command::Serve(_) | Command::Vm(_)) {
+    if !matches!(
+        cli.command,
+        Command::Mount(_) | Command::Serve(_) | Command::Vm(_)
+    ) {
         // A closed pipe (`vdisk map … | head`) ends the command quietly, as other tools do.
         // Servers keep SIGPIPE ignored: a client hanging up must not kill them.
         // SAFETY: signal() with SIG_DFL installs no handler of ours; nothing else is running.

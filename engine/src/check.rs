@@ -144,10 +144,12 @@ pub fn check_with_progress(store: &dyn Store, progress: &dyn Fn(usize, usize)) -
             }
         }
     }
-    match store
-        .list_objects("layers")
-        .and_then(|mut l| Ok({ l.extend(store.list_objects("state")?); l }))
-    {
+    match store.list_objects("layers").and_then(|mut l| {
+        Ok({
+            l.extend(store.list_objects("state")?);
+            l
+        })
+    }) {
         Ok(names) => {
             let live = m.live_objects();
             for n in names {

@@ -288,7 +288,8 @@ pub fn read_state(store: &dyn Store, r: &StateRef) -> Result<Vec<u8>> {
         Err(e) => return Err(Error::io(&r.object, "open", e)),
     };
     let len = obj.len().map_err(io(obj.as_ref(), "stat"))?;
-    let max = crate::format::vmstate::STATE_HEADER as u64 + crate::format::vmstate::MAX_STATE_PAYLOAD;
+    let max =
+        crate::format::vmstate::STATE_HEADER as u64 + crate::format::vmstate::MAX_STATE_PAYLOAD;
     if len > max {
         return Err(Error::format(
             &r.object,
@@ -309,9 +310,12 @@ pub fn memory_chain(m: &Manifest, snapshot: &str) -> Result<Vec<MemoryRef>> {
         .snapshot(snapshot)
         .ok_or_else(|| Error::SnapshotNotFound(snapshot.into()))?;
     let mut out = Vec::new();
-    let mut cur = s.vm().and_then(|r| r.memory).ok_or_else(|| Error::NoVmState {
-        snapshot: snapshot.into(),
-    })?;
+    let mut cur = s
+        .vm()
+        .and_then(|r| r.memory)
+        .ok_or_else(|| Error::NoVmState {
+            snapshot: snapshot.into(),
+        })?;
     let mut seen = HashSet::new();
     loop {
         let base = cur.base;

@@ -33,7 +33,12 @@ pub fn load_elf(mem: &Mem, elf: &[u8], guest: &str) -> Result<u64> {
     let phoff = le64(elf, 32) as usize;
     let phentsize = le16(elf, 54) as usize;
     let phnum = le16(elf, 56) as usize;
-    if phentsize < 56 || phnum > 64 || phoff.checked_add(phentsize * phnum).is_none_or(|e| e > elf.len()) {
+    if phentsize < 56
+        || phnum > 64
+        || phoff
+            .checked_add(phentsize * phnum)
+            .is_none_or(|e| e > elf.len())
+    {
         return Err(bad("program headers outside the file"));
     }
     let mut loaded = false;
@@ -50,8 +55,11 @@ pub fn load_elf(mem: &Mem, elf: &[u8], guest: &str) -> Result<u64> {
         {
             return Err(bad("a segment outside 0x100000..0x1000000 or the file"));
         }
-        mem.write_slice(&elf[off as usize..(off + filesz) as usize], GuestAddress(vaddr))
-            .map_err(|e| VmmError::Memory(e.to_string()))?;
+        mem.write_slice(
+            &elf[off as usize..(off + filesz) as usize],
+            GuestAddress(vaddr),
+        )
+        .map_err(|e| VmmError::Memory(e.to_string()))?;
         loaded = true;
     }
     if !loaded || !(IMAGE_BASE..IMAGE_END).contains(&entry) {

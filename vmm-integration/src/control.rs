@@ -75,16 +75,26 @@ impl Service for VmService {
                     "uptime_s": self.started.elapsed().as_secs_f64(),
                 }})
             }
-            other => err("unknown_op", format!("unknown op {other:?} (vm_snapshot, vm_stop, vm_info)")),
+            other => err(
+                "unknown_op",
+                format!("unknown op {other:?} (vm_snapshot, vm_stop, vm_info)"),
+            ),
         }
     }
 }
 
 /// Send one request to the VM socket at `path`; the response object, or an error message.
-pub fn call(path: &Path, req: &Value, timeout: Duration) -> Result<serde_json::Map<String, Value>, String> {
+pub fn call(
+    path: &Path,
+    req: &Value,
+    timeout: Duration,
+) -> Result<serde_json::Map<String, Value>, String> {
     let s = UnixStream::connect(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            format!("{}: the VM is not running (no VMM answers on its control socket)", path.display())
+            format!(
+                "{}: the VM is not running (no VMM answers on its control socket)",
+                path.display()
+            )
         }
         _ => format!("{}: connect: {e}", path.display()),
     })?;
@@ -92,12 +102,17 @@ pub fn call(path: &Path, req: &Value, timeout: Duration) -> Result<serde_json::M
     s.set_write_timeout(Some(timeout)).ok();
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
     line.push(b'\n');
-    (&s).write_all(&line).map_err(|e| format!("{}: send: {e}", path.display()))?;
+    (&s).write_all(&line)
+        .map_err(|e| format!("{}: send: {e}", path.display()))?;
     let mut r = BufReader::new((&s).take(MAX_LINE as u64 * 16));
     let mut resp = String::new();
-    r.read_line(&mut resp).map_err(|e| format!("{}: read: {e}", path.display()))?;
+    r.read_line(&mut resp)
+        .map_err(|e| format!("{}: read: {e}", path.display()))?;
     let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&resp) else {
-        return Err(format!("{}: the VMM closed the connection or answered garbage", path.display()));
+        return Err(format!(
+            "{}: the VMM closed the connection or answered garbage",
+            path.display()
+        ));
     };
     match m.remove("ok") {
         Some(Value::Bool(true)) => Ok(m),

@@ -58,7 +58,11 @@ fn file_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error)
 pub fn create(dir: &Path, o: &CreateOptions) -> Result<Folder> {
     let Some(g) = guests::find(&o.guest) else {
         let names: Vec<&str> = guests::GUESTS.iter().map(|g| g.name).collect();
-        return Err(cfg_err(dir, "--guest", format!("no guest {:?} (guests: {})", o.guest, names.join(", "))));
+        return Err(cfg_err(
+            dir,
+            "--guest",
+            format!("no guest {:?} (guests: {})", o.guest, names.join(", ")),
+        ));
     };
     crate::vm::check_memory(o.memory).map_err(|r| cfg_err(dir, "--memory", r))?;
     if o.vcpus == 0 || o.vcpus > 64 {
@@ -82,11 +86,13 @@ pub fn create(dir: &Path, o: &CreateOptions) -> Result<Folder> {
     match &o.disk {
         Some(p) => {
             let abs = std::fs::canonicalize(p).map_err(file_err(p, "resolve"))?;
-            LocalStore::open(&abs).map_err(|e| cfg_err(p, "--disk", format!("not a bundle: {e}")))?;
+            LocalStore::open(&abs)
+                .map_err(|e| cfg_err(p, "--disk", format!("not a bundle: {e}")))?;
             std::os::unix::fs::symlink(&abs, &disk_path).map_err(file_err(&disk_path, "link"))?;
         }
         None => {
-            let store = Arc::new(LocalStore::create(&disk_path).map_err(file_err(&disk_path, "create"))?);
+            let store =
+                Arc::new(LocalStore::create(&disk_path).map_err(file_err(&disk_path, "create"))?);
             Disk::create(store, &DiskCreate::new(o.disk_size))?.close()?;
         }
     }
@@ -106,7 +112,8 @@ pub fn create(dir: &Path, o: &CreateOptions) -> Result<Folder> {
         args: o.args.clone(),
     });
     let cfg_path = dir.join(CONFIG_FILE_NAME);
-    vdisk_vmconfig::save(&cfg, &cfg_path).map_err(|e| cfg_err(&cfg_path, "vm.json", e.to_string()))?;
+    vdisk_vmconfig::save(&cfg, &cfg_path)
+        .map_err(|e| cfg_err(&cfg_path, "vm.json", e.to_string()))?;
     open(dir)
 }
 
@@ -114,20 +121,35 @@ pub fn create(dir: &Path, o: &CreateOptions) -> Result<Folder> {
 pub fn open(dir: &Path) -> Result<Folder> {
     let cfg_path = dir.join(CONFIG_FILE_NAME);
     let config = vdisk_vmconfig::load(&cfg_path).map_err(|e| match e {
-        vdisk_vmconfig::VmConfigError::Io { .. } if !cfg_path.exists() => {
-            cfg_err(dir, "vm.json", "missing: not a VM folder (make one with `vdisk vm create`)")
-        }
+        vdisk_vmconfig::VmConfigError::Io { .. } if !cfg_path.exists() => cfg_err(
+            dir,
+            "vm.json",
+            "missing: not a VM folder (make one with `vdisk vm create`)",
+        ),
         other => cfg_err(&cfg_path, "vm.json", other.to_string()),
     })?;
     let Some(g) = &config.guest else {
-        return Err(cfg_err(&cfg_path, "guest", "missing: the bundled VMM runs guests built from this repository (`vdisk vm guests`)"));
+        return Err(cfg_err(
+            &cfg_path,
+            "guest",
+            "missing: the bundled VMM runs guests built from this repository (`vdisk vm guests`)",
+        ));
     };
     if guests::find(&g.name).is_none() {
-        return Err(cfg_err(&cfg_path, "guest.name", format!("{:?} is not a guest of this build", g.name)));
+        return Err(cfg_err(
+            &cfg_path,
+            "guest.name",
+            format!("{:?} is not a guest of this build", g.name),
+        ));
     }
-    crate::vm::check_memory(config.memory_mib << 20).map_err(|r| cfg_err(&cfg_path, "memory_mib", r))?;
+    crate::vm::check_memory(config.memory_mib << 20)
+        .map_err(|r| cfg_err(&cfg_path, "memory_mib", r))?;
     if config.disks.is_empty() {
-        return Err(cfg_err(&cfg_path, "disks", "a VM needs at least one disk (it holds the VM's snapshots)"));
+        return Err(cfg_err(
+            &cfg_path,
+            "disks",
+            "a VM needs at least one disk (it holds the VM's snapshots)",
+        ));
     }
     if config.disks.len() > crate::layout::MAX_DISKS {
         return Err(cfg_err(&cfg_path, "disks", "more than 8 disks"));
@@ -136,7 +158,11 @@ pub fn open(dir: &Path) -> Result<Folder> {
     for (i, d) in config.disks.iter().enumerate() {
         let p = dir.join(&d.path);
         if !p.join("manifest").exists() {
-            return Err(cfg_err(&cfg_path, &format!("disks[{i}].path"), format!("{}: no disk bundle there", p.display())));
+            return Err(cfg_err(
+                &cfg_path,
+                &format!("disks[{i}].path"),
+                format!("{}: no disk bundle there", p.display()),
+            ));
         }
         disks.push(p);
     }
@@ -156,7 +182,10 @@ impl Folder {
     /// The guest and its arguments.
     pub fn guest(&self) -> (&'static guests::Guest, String) {
         let g = self.config.guest.as_ref().expect("checked at open");
-        (guests::find(&g.name).expect("checked at open"), g.args.clone())
+        (
+            guests::find(&g.name).expect("checked at open"),
+            g.args.clone(),
+        )
     }
 }
 
@@ -206,6 +235,7 @@ pub fn lock(dir: &Path) -> Result<RunLock> {
         )));
     }
     let pid_path = dir.join("vm.pid");
-    std::fs::write(&pid_path, format!("{}\n", std::process::id())).map_err(file_err(&pid_path, "write"))?;
+    std::fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(file_err(&pid_path, "write"))?;
     Ok(RunLock { _file: f, pid_path })
 }

@@ -74,13 +74,19 @@ fn serial_out(o: &RunOptions) -> Result<Box<dyn std::io::Write + Send>> {
 
 /// The memory and state of snapshot `name` of the VM's first disk: the full image mapped
 /// privately (read lazily), the diffs after it read (verified) into the mapping.
-pub fn load_snapshot(disk0: &Disk, name: &str, memory: u64) -> Result<(Mem, VmState, Id, Vec<MemImage>)> {
+pub fn load_snapshot(
+    disk0: &Disk,
+    name: &str,
+    memory: u64,
+) -> Result<(Mem, VmState, Id, Vec<MemImage>)> {
     let m = disk0.manifest();
     let s = m
         .find_snapshot(name)
         .ok_or_else(|| vdisk_engine::Error::SnapshotNotFound(name.into()))?;
     let sname = s.name.clone();
-    let rec = s.vm().ok_or_else(|| vdisk_engine::Error::NoVmState { snapshot: sname.clone() })?;
+    let rec = s.vm().ok_or_else(|| vdisk_engine::Error::NoVmState {
+        snapshot: sname.clone(),
+    })?;
     let Some(sref) = &rec.state else {
         return Err(VmmError::Refused(format!(
             "snapshot {sname:?} of this disk names its VM state in another disk (the VM's first)"
@@ -97,7 +103,10 @@ pub fn load_snapshot(disk0: &Disk, name: &str, memory: u64) -> Result<(Mem, VmSt
         return Err(VmmError::State {
             object: sref.object.clone(),
             field: "memory".into(),
-            reason: format!("{} bytes saved, the VM is configured with {memory}", state.memory),
+            reason: format!(
+                "{} bytes saved, the VM is configured with {memory}",
+                state.memory
+            ),
         });
     }
     let chain = memory_chain(&m, &sname)?;
@@ -158,11 +167,12 @@ pub fn run(
     let _lock = folder::lock(dir)?;
     let mut held = Vec::new();
     for p in &f.disks {
-        let store: Arc<dyn Store> = Arc::new(LocalStore::open(p).map_err(|source| VmmError::File {
-            path: p.clone(),
-            op: "open the disk bundle",
-            source,
-        })?);
+        let store: Arc<dyn Store> =
+            Arc::new(LocalStore::open(p).map_err(|source| VmmError::File {
+                path: p.clone(),
+                op: "open the disk bundle",
+                source,
+            })?);
         held.push(HeldWriter::start_with(store, "vm", &o.open)?);
     }
     let disks: Vec<Arc<Disk>> = held.iter().map(|h| h.writer().disk().clone()).collect();

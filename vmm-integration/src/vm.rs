@@ -10,7 +10,9 @@ use crate::guests::Guest;
 use crate::layout::*;
 use crate::memory::{self, Mem, PAGE};
 use crate::vcpu::{self, VcpuState};
-use kvm_bindings::{kvm_clock_data, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_bindings::{
+    kvm_clock_data, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use std::os::unix::thread::JoinHandleExt;
@@ -170,7 +172,8 @@ impl Machine {
         let vm = kvmfd.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(0xfffb_d000)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let (host, size) = memory::host_range(&mem);
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -193,21 +196,32 @@ impl Machine {
             .to_vec();
         let mut vcpus = Vec::new();
         for i in 0..cfg.vcpus {
-            vcpus.push(vm.create_vcpu(u64::from(i)).map_err(kvm_err("KVM_CREATE_VCPU"))?);
+            vcpus.push(
+                vm.create_vcpu(u64::from(i))
+                    .map_err(kvm_err("KVM_CREATE_VCPU"))?,
+            );
         }
         let ids: Vec<String> = (0..disks.len()).map(|i| format!("vdisk{i}")).collect();
         let (bus, states) = match &start {
             Start::Boot => {
                 let entry = boot::load_elf(&mem, cfg.guest.elf, cfg.guest.name)?;
                 let tsc = vcpus[0].get_tsc_khz().unwrap_or(1_000_000);
-                boot::write_tables(&mem, cfg.vcpus, disks.len() as u32, u64::from(tsc), &cfg.args)?;
+                boot::write_tables(
+                    &mem,
+                    cfg.vcpus,
+                    disks.len() as u32,
+                    u64::from(tsc),
+                    &cfg.args,
+                )?;
                 for (i, v) in vcpus.iter().enumerate() {
                     boot::setup_vcpu(v, i as u32, entry, &cpuid)?;
                 }
                 let blk = disks
                     .iter()
                     .zip(&ids)
-                    .map(|(d, id)| VirtioBlk::new(d.clone() as Arc<dyn vdisk_blockdev::BlockDevice>, id))
+                    .map(|(d, id)| {
+                        VirtioBlk::new(d.clone() as Arc<dyn vdisk_blockdev::BlockDevice>, id)
+                    })
                     .collect();
                 (
                     Bus {
@@ -224,16 +238,26 @@ impl Machine {
                     reason,
                 };
                 if state.vcpus.len() != cfg.vcpus as usize {
-                    return Err(bad("vcpus", format!("{} saved, {} configured", state.vcpus.len(), cfg.vcpus)));
+                    return Err(bad(
+                        "vcpus",
+                        format!("{} saved, {} configured", state.vcpus.len(), cfg.vcpus),
+                    ));
                 }
                 if state.disks.len() != disks.len() {
-                    return Err(bad("disks", format!("{} saved, {} attached", state.disks.len(), disks.len())));
+                    return Err(bad(
+                        "disks",
+                        format!("{} saved, {} attached", state.disks.len(), disks.len()),
+                    ));
                 }
                 let mut blk = Vec::new();
                 for (i, (d, id)) in disks.iter().zip(&ids).enumerate() {
                     blk.push(
-                        VirtioBlk::from_state(d.clone() as Arc<dyn vdisk_blockdev::BlockDevice>, id, &state.disks[i])
-                            .map_err(|r| bad(&format!("disks[{i}]"), r))?,
+                        VirtioBlk::from_state(
+                            d.clone() as Arc<dyn vdisk_blockdev::BlockDevice>,
+                            id,
+                            &state.disks[i],
+                        )
+                        .map_err(|r| bad(&format!("disks[{i}]"), r))?,
                     );
                 }
                 for (i, v) in vcpus.iter().enumerate() {
@@ -482,7 +506,11 @@ impl Machine {
                 .iter()
                 .any(|s| s.id == *b && s.vm().is_some_and(|r| r.memory.is_some()))
         });
-        let kind = if base.is_some() { MemoryKind::Diff } else { MemoryKind::Full };
+        let kind = if base.is_some() {
+            MemoryKind::Diff
+        } else {
+            MemoryKind::Full
+        };
         let obj = Id::random();
         let mem_name = format!("state/{obj}.mem");
         let state_name = format!("state/{obj}.vmstate");
@@ -530,7 +558,8 @@ impl Machine {
                         }
                     }
                 }
-                let fresh: Vec<(u64, u64)> = runs(&fin, pages, |p| w.extent_containing(p * PAGE).is_none()).collect();
+                let fresh: Vec<(u64, u64)> =
+                    runs(&fin, pages, |p| w.extent_containing(p * PAGE).is_none()).collect();
                 for (g, len) in fresh {
                     w.put(g, memory::bytes(mem, g, len))?;
                     paused_bytes += len;
@@ -552,7 +581,8 @@ impl Machine {
                     serial,
                     clock,
                 };
-                let payload = serde_json::to_vec(&st).map_err(|e| VmmError::Refused(e.to_string()))?;
+                let payload =
+                    serde_json::to_vec(&st).map_err(|e| VmmError::Refused(e.to_string()))?;
                 let sref = write_state(store0.as_ref(), &state_name, &payload)?;
                 let rec = VmStateRecord {
                     version: VM_STATE_VERSION,
@@ -746,8 +776,12 @@ fn vcpu_loop(mut vcpu: VcpuFd, idx: usize, sh: Arc<Shared>, msr_list: Arc<Vec<u3
                 }
             }
             Ok(VcpuExit::Shutdown) => crash = Some("triple fault (shutdown)".into()),
-            Ok(VcpuExit::InternalError) => crash = Some("KVM internal error (emulation failure)".into()),
-            Ok(VcpuExit::FailEntry(reason, _)) => crash = Some(format!("VM entry failed (reason {reason:#x})")),
+            Ok(VcpuExit::InternalError) => {
+                crash = Some("KVM internal error (emulation failure)".into())
+            }
+            Ok(VcpuExit::FailEntry(reason, _)) => {
+                crash = Some(format!("VM entry failed (reason {reason:#x})"))
+            }
             Ok(other) => crash = Some(format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => crash = Some(format!("KVM_RUN: {e}")),
@@ -755,11 +789,21 @@ fn vcpu_loop(mut vcpu: VcpuFd, idx: usize, sh: Arc<Shared>, msr_list: Arc<Vec<u3
         if let Some(msg) = crash {
             let at = vcpu
                 .get_regs()
-                .map(|r| format!(" at rip {:#x} rsp {:#x} rflags {:#x}", r.rip, r.rsp, r.rflags))
+                .map(|r| {
+                    format!(
+                        " at rip {:#x} rsp {:#x} rflags {:#x}",
+                        r.rip, r.rsp, r.rflags
+                    )
+                })
                 .unwrap_or_default()
                 + &vcpu
                     .get_sregs()
-                    .map(|s| format!(" cs {:#x} ss {:#x} cr0 {:#x} cr4 {:#x}", s.cs.selector, s.ss.selector, s.cr0, s.cr4))
+                    .map(|s| {
+                        format!(
+                            " cs {:#x} ss {:#x} cr0 {:#x} cr4 {:#x}",
+                            s.cs.selector, s.ss.selector, s.cr0, s.cr4
+                        )
+                    })
                     .unwrap_or_default();
             exit = Some(Exit::Crash(format!("vCPU {idx}: {msg}{at}")));
         }
@@ -781,7 +825,7 @@ fn device_at(addr: u64, n: usize) -> Option<(usize, u64)> {
 
 /// Load a guest image into fresh memory and check the configuration against the layout.
 pub fn check_memory(memory: u64) -> std::result::Result<(), String> {
-    if memory < MIN_MEMORY || memory > MAX_MEMORY || memory % (2 << 20) != 0 {
+    if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) || !memory.is_multiple_of(2 << 20) {
         return Err(format!(
             "{memory} bytes: guest memory is a multiple of 2 MiB from {} MiB to {} MiB",
             MIN_MEMORY >> 20,

@@ -151,8 +151,10 @@ pub fn run(c: Command) -> Result<ExitCode> {
 }
 
 fn create(a: CreateArgs) -> Result<ExitCode> {
-    let memory = crate::size::parse_size(&a.memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
-    let disk_size = crate::size::parse_size(&a.disk_size).map_err(|e| anyhow::anyhow!("--disk-size: {e}"))?;
+    let memory =
+        crate::size::parse_size(&a.memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    let disk_size =
+        crate::size::parse_size(&a.disk_size).map_err(|e| anyhow::anyhow!("--disk-size: {e}"))?;
     let f = folder::create(
         &a.dir,
         &folder::CreateOptions {
@@ -165,7 +167,12 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
         },
     )?;
     if a.json {
-        crate::json::print("vm-create", &[("dir", json!(a.dir.display().to_string()))], &f.config, &[])?;
+        crate::json::print(
+            "vm-create",
+            &[("dir", json!(a.dir.display().to_string()))],
+            &f.config,
+            &[],
+        )?;
     } else {
         println!(
             "created VM {} (guest {}, {} MiB, {} vCPU), disk {}",
@@ -179,7 +186,12 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_vm(dir: &Path, restore: Option<&str>, serial: Option<PathBuf>, as_json: bool) -> Result<ExitCode> {
+fn run_vm(
+    dir: &Path,
+    restore: Option<&str>,
+    serial: Option<PathBuf>,
+    as_json: bool,
+) -> Result<ExitCode> {
     let opts = RunOptions {
         serial,
         append_serial: restore.is_some(),
@@ -187,7 +199,8 @@ fn run_vm(dir: &Path, restore: Option<&str>, serial: Option<PathBuf>, as_json: b
     };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
     let r = vdisk_vmm::run(dir, restore, &opts, |m| {
         let m = m.clone();
@@ -202,12 +215,27 @@ fn run_vm(dir: &Path, restore: Option<&str>, serial: Option<PathBuf>, as_json: b
             }
         });
     })
-    .with_context(|| format!("cannot {} {}", if restore.is_some() { "restore" } else { "run" }, dir.display()))?;
+    .with_context(|| {
+        format!(
+            "cannot {} {}",
+            if restore.is_some() { "restore" } else { "run" },
+            dir.display()
+        )
+    })?;
     if as_json {
-        crate::json::print("vm-run", &[("dir", json!(dir.display().to_string()))], &r, &[])?;
+        crate::json::print(
+            "vm-run",
+            &[("dir", json!(dir.display().to_string()))],
+            &r,
+            &[],
+        )?;
     } else {
         match r.exit {
-            "poweroff" => eprintln!("vdisk: guest powered off with exit code {} after {:.1} s", r.exit_code.unwrap_or(0), r.seconds),
+            "poweroff" => eprintln!(
+                "vdisk: guest powered off with exit code {} after {:.1} s",
+                r.exit_code.unwrap_or(0),
+                r.seconds
+            ),
             "stopped" => eprintln!("vdisk: VM stopped after {:.1} s (disks flushed)", r.seconds),
             _ => eprintln!("vdisk: error: {}", r.message.clone().unwrap_or_default()),
         }
@@ -247,8 +275,12 @@ fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
 }
 
 fn stop(a: StopArgs) -> Result<ExitCode> {
-    control::call(&socket(&a.dir), &json!({"op": "vm_stop"}), Duration::from_secs(30))
-        .map_err(|e| anyhow::anyhow!("cannot stop {}: {e}", a.dir.display()))?;
+    control::call(
+        &socket(&a.dir),
+        &json!({"op": "vm_stop"}),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot stop {}: {e}", a.dir.display()))?;
     // wait for the runner to let go of the folder
     for _ in 0..300 {
         if folder::running_pid(&a.dir).is_none() {
@@ -256,7 +288,10 @@ fn stop(a: StopArgs) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("{}: asked the VMM to stop; it still holds the folder", a.dir.display())
+    bail!(
+        "{}: asked the VMM to stop; it still holds the folder",
+        a.dir.display()
+    )
 }
 
 fn info_value(dir: &Path) -> Result<Value> {
@@ -300,13 +335,28 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
     if a.json {
         crate::json::print("vm-info", &[], &v, &[])?;
     } else {
-        println!("VM {} ({})", v["name"].as_str().unwrap_or(""), a.dir.display());
+        println!(
+            "VM {} ({})",
+            v["name"].as_str().unwrap_or(""),
+            a.dir.display()
+        );
         match v["pid"].as_u64() {
-            Some(p) => println!("  running: pid {p}, control socket {}", v["control_socket"].as_str().unwrap_or("")),
+            Some(p) => println!(
+                "  running: pid {p}, control socket {}",
+                v["control_socket"].as_str().unwrap_or("")
+            ),
             None => println!("  not running"),
         }
-        println!("  guest {} {}", v["guest"].as_str().unwrap_or(""), v["guest_args"].as_str().unwrap_or(""));
-        println!("  memory {}, {} vCPU", crate::size::human(v["memory"].as_u64().unwrap_or(0)), v["vcpus"]);
+        println!(
+            "  guest {} {}",
+            v["guest"].as_str().unwrap_or(""),
+            v["guest_args"].as_str().unwrap_or("")
+        );
+        println!(
+            "  memory {}, {} vCPU",
+            crate::size::human(v["memory"].as_u64().unwrap_or(0)),
+            v["vcpus"]
+        );
         for s in v["vm_snapshots"].as_array().into_iter().flatten() {
             println!(
                 "  snapshot {:<20} {} memory {}",
@@ -321,8 +371,13 @@ fn info(a: InfoArgs) -> Result<ExitCode> {
 
 fn list(a: ListArgs) -> Result<ExitCode> {
     let mut vms = Vec::new();
-    let rd = std::fs::read_dir(&a.dir).with_context(|| format!("cannot list {}", a.dir.display()))?;
-    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.join("vm.json").is_file()).collect();
+    let rd =
+        std::fs::read_dir(&a.dir).with_context(|| format!("cannot list {}", a.dir.display()))?;
+    let mut dirs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join("vm.json").is_file())
+        .collect();
     dirs.sort();
     for d in dirs {
         match info_value(&d) {
@@ -336,7 +391,9 @@ fn list(a: ListArgs) -> Result<ExitCode> {
         for v in &vms {
             let state = match v["pid"].as_u64() {
                 Some(p) => format!("running (pid {p})"),
-                None if v.get("error").is_some() => format!("unreadable: {}", v["error"].as_str().unwrap_or("")),
+                None if v.get("error").is_some() => {
+                    format!("unreadable: {}", v["error"].as_str().unwrap_or(""))
+                }
                 None => "stopped".into(),
             };
             println!(
@@ -360,7 +417,10 @@ fn list_guests(a: GuestsArgs) -> Result<ExitCode> {
         crate::json::print("vm-guests", &[], json!({"guests": g}), &[])?;
     } else {
         for g in guests::GUESTS {
-            println!("{:<10} {}\n           args: {}", g.name, g.description, g.args);
+            println!(
+                "{:<10} {}\n           args: {}",
+                g.name, g.description, g.args
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -512,7 +512,10 @@ impl Manifest {
         for s in &self.snapshots {
             let Some(v) = &s.vm_state else { continue };
             let r = super::vmstate::VmStateRecord::from_value(v).map_err(|e| {
-                FieldError::new(format!("snapshots.{}", e.field), format!("{:?}: {}", s.name, e.reason))
+                FieldError::new(
+                    format!("snapshots.{}", e.field),
+                    format!("{:?}: {}", s.name, e.reason),
+                )
             })?;
             for o in r.objects() {
                 if !objects.insert(o.to_string()) {
@@ -524,7 +527,10 @@ impl Manifest {
                     if !with_memory.contains(&b) {
                         return err(
                             "snapshots.vm_state.memory.base",
-                            format!("{:?}: base {b} is not an earlier snapshot with memory", s.name),
+                            format!(
+                                "{:?}: base {b} is not an earlier snapshot with memory",
+                                s.name
+                            ),
                         );
                     }
                 }

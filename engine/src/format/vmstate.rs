@@ -127,7 +127,10 @@ impl VmStateRecord {
         };
         if let Some(s) = &self.state {
             if !super::manifest::check_object_name(&s.object) || !s.object.starts_with("state/") {
-                return Err(FieldError::new("vm_state.state.object", "not a state/ name"));
+                return Err(FieldError::new(
+                    "vm_state.state.object",
+                    "not a state/ name",
+                ));
             }
             hex("vm_state.state.blake3", &s.blake3)?;
         }
@@ -139,7 +142,8 @@ impl VmStateRecord {
                 ));
             }
             hex("vm_state.memory.table_blake3", &m.table_blake3)?;
-            check_guest_size(m.guest_size).map_err(|r| FieldError::new("vm_state.memory.guest_size", r))?;
+            check_guest_size(m.guest_size)
+                .map_err(|r| FieldError::new("vm_state.memory.guest_size", r))?;
             if (m.kind == MemoryKind::Diff) != m.base.is_some() {
                 return Err(FieldError::new(
                     "vm_state.memory.base",
@@ -213,7 +217,10 @@ impl MemHeader {
     /// Decode and check a header against the object's length.
     pub fn decode(b: &[u8], object_len: u64) -> Result<MemHeader, FieldError> {
         if b.len() < 84 || object_len < PAGE {
-            return Err(FieldError::new("length", "shorter than the 4096-byte header"));
+            return Err(FieldError::new(
+                "length",
+                "shorter than the 4096-byte header",
+            ));
         }
         if &b[0..8] != MEM_MAGIC {
             return Err(FieldError::new("magic", "not VDSKMEM"));
@@ -223,7 +230,10 @@ impl MemHeader {
         }
         let v = le32(b, 8);
         if v != VM_STATE_VERSION {
-            return Err(FieldError::new("version", format!("{v} (this build reads 1)")));
+            return Err(FieldError::new(
+                "version",
+                format!("{v} (this build reads 1)"),
+            ));
         }
         let kind = match le32(b, 12) {
             1 => MemoryKind::Full,
@@ -233,18 +243,28 @@ impl MemHeader {
         let guest_size = le64(b, 16);
         check_guest_size(guest_size).map_err(|r| FieldError::new("guest_size", r))?;
         if le32(b, 24) as u64 != PAGE {
-            return Err(FieldError::new("page_size", format!("{} (4096)", le32(b, 24))));
+            return Err(FieldError::new(
+                "page_size",
+                format!("{} (4096)", le32(b, 24)),
+            ));
         }
         let extent_count = le64(b, 32);
         if extent_count > guest_size / PAGE {
             return Err(FieldError::new(
                 "extent_count",
-                format!("{extent_count} exceeds the guest's {} pages", guest_size / PAGE),
+                format!(
+                    "{extent_count} exceeds the guest's {} pages",
+                    guest_size / PAGE
+                ),
             ));
         }
         let table_offset = le64(b, 40);
         let table_len = extent_count * EXTENT_ENTRY as u64;
-        if table_offset < PAGE || table_offset.checked_add(table_len).is_none_or(|e| e > object_len) {
+        if table_offset < PAGE
+            || table_offset
+                .checked_add(table_len)
+                .is_none_or(|e| e > object_len)
+        {
             return Err(FieldError::new(
                 "table_offset",
                 format!("{table_offset}+{table_len} outside the object ({object_len} bytes)"),
@@ -281,9 +301,16 @@ pub fn encode_extents(extents: &[MemExtent]) -> Vec<u8> {
 
 /// Decode an extent table and check it: sorted, disjoint, page-aligned extents inside the
 /// guest, data inside the object and after the header, full images at `4096 + gpa`.
-pub fn decode_extents(h: &MemHeader, b: &[u8], object_len: u64) -> Result<Vec<MemExtent>, FieldError> {
+pub fn decode_extents(
+    h: &MemHeader,
+    b: &[u8],
+    object_len: u64,
+) -> Result<Vec<MemExtent>, FieldError> {
     if b.len() as u64 != h.table_len() {
-        return Err(FieldError::new("extent table", "length does not match extent_count"));
+        return Err(FieldError::new(
+            "extent table",
+            "length does not match extent_count",
+        ));
     }
     if *blake3::hash(b).as_bytes() != h.table_blake3 {
         return Err(FieldError::checksum("table_blake3"));
@@ -298,17 +325,36 @@ pub fn decode_extents(h: &MemHeader, b: &[u8], object_len: u64) -> Result<Vec<Me
             blake3: c[24..56].try_into().expect("32 bytes"),
         };
         let bad = |r: String| FieldError::new(format!("extent {i}"), r);
-        if !e.gpa.is_multiple_of(PAGE) || !e.len.is_multiple_of(PAGE) || e.len == 0 || e.len > MAX_EXTENT {
-            return Err(bad(format!("{}+{}: not whole pages of at most 2 MiB", e.gpa, e.len)));
+        if !e.gpa.is_multiple_of(PAGE)
+            || !e.len.is_multiple_of(PAGE)
+            || e.len == 0
+            || e.len > MAX_EXTENT
+        {
+            return Err(bad(format!(
+                "{}+{}: not whole pages of at most 2 MiB",
+                e.gpa, e.len
+            )));
         }
-        if e.gpa < next_gpa || e.gpa.checked_add(e.len).is_none_or(|end| end > h.guest_size) {
-            return Err(bad(format!("{}+{}: unsorted, overlapping or outside the guest", e.gpa, e.len)));
+        if e.gpa < next_gpa
+            || e.gpa
+                .checked_add(e.len)
+                .is_none_or(|end| end > h.guest_size)
+        {
+            return Err(bad(format!(
+                "{}+{}: unsorted, overlapping or outside the guest",
+                e.gpa, e.len
+            )));
         }
         if !e.file_offset.is_multiple_of(PAGE)
             || e.file_offset < PAGE
-            || e.file_offset.checked_add(e.len).is_none_or(|end| end > object_len)
+            || e.file_offset
+                .checked_add(e.len)
+                .is_none_or(|end| end > object_len)
         {
-            return Err(bad(format!("data at {}: outside the object", e.file_offset)));
+            return Err(bad(format!(
+                "data at {}: outside the object",
+                e.file_offset
+            )));
         }
         if h.kind == MemoryKind::Full && e.file_offset != PAGE + e.gpa {
             return Err(bad("a full image keeps page gpa at 4096 + gpa".into()));
@@ -319,7 +365,10 @@ pub fn decode_extents(h: &MemHeader, b: &[u8], object_len: u64) -> Result<Vec<Me
     if h.kind == MemoryKind::Full {
         let covered: u64 = out.iter().map(|e| e.len).sum();
         if covered != h.guest_size {
-            return Err(FieldError::new("extent table", "a full image covers the whole guest"));
+            return Err(FieldError::new(
+                "extent table",
+                "a full image covers the whole guest",
+            ));
         }
     }
     Ok(out)
@@ -352,7 +401,10 @@ pub fn decode_state<'a>(b: &'a [u8], blake3_hex: &str) -> Result<&'a [u8], Field
     }
     let v = le32(b, 8);
     if v != VM_STATE_VERSION {
-        return Err(FieldError::new("version", format!("{v} (this build reads 1)")));
+        return Err(FieldError::new(
+            "version",
+            format!("{v} (this build reads 1)"),
+        ));
     }
     let len = le64(b, 16);
     if len > MAX_STATE_PAYLOAD || len != (b.len() - STATE_HEADER) as u64 {

@@ -133,11 +133,18 @@ impl VirtioBlk {
 
     /// A device over `disk` in the state `s` (from a snapshot); a state the queue refuses is
     /// an error naming the field.
-    pub fn from_state(disk: Arc<dyn BlockDevice>, id: &str, s: &BlkState) -> Result<VirtioBlk, String> {
+    pub fn from_state(
+        disk: Arc<dyn BlockDevice>,
+        id: &str,
+        s: &BlkState,
+    ) -> Result<VirtioBlk, String> {
         let mut d = VirtioBlk::new(disk, id);
         let q = &s.queue;
         if q.max_size != QUEUE_MAX {
-            return Err(format!("queue.max_size {} (this VMM offers {QUEUE_MAX})", q.max_size));
+            return Err(format!(
+                "queue.max_size {} (this VMM offers {QUEUE_MAX})",
+                q.max_size
+            ));
         }
         let qs = virtio_queue::QueueState {
             max_size: q.max_size,
@@ -337,10 +344,14 @@ impl VirtioBlk {
         let Some(offset) = sector.checked_mul(512) else {
             return (Some(status_addr), 1, S_IOERR);
         };
-        let in_disk = |len: u64| offset.checked_add(len).is_some_and(|e| e <= self.disk.size());
+        let in_disk = |len: u64| {
+            offset
+                .checked_add(len)
+                .is_some_and(|e| e <= self.disk.size())
+        };
         match kind {
             T_IN => {
-                if data.iter().any(|d| !d.is_write_only()) || !in_disk(total) || total % 512 != 0 {
+                if data.iter().any(|d| !d.is_write_only()) || !in_disk(total) || !total.is_multiple_of(512) {
                     return (Some(status_addr), 1, S_IOERR);
                 }
                 let mut buf = vec![0u8; total as usize];
@@ -361,7 +372,7 @@ impl VirtioBlk {
                 if self.read_only {
                     return (Some(status_addr), 1, S_IOERR);
                 }
-                if data.iter().any(|d| d.is_write_only()) || !in_disk(total) || total % 512 != 0 {
+                if data.iter().any(|d| d.is_write_only()) || !in_disk(total) || !total.is_multiple_of(512) {
                     return (Some(status_addr), 1, S_IOERR);
                 }
                 let mut buf = vec![0u8; total as usize];
@@ -403,7 +414,10 @@ impl VirtioBlk {
                 if self.read_only {
                     return (Some(status_addr), 1, S_IOERR);
                 }
-                if data.iter().any(|d| d.is_write_only()) || total % 16 != 0 || total / 16 > u64::from(MAX_SEGMENTS) {
+                if data.iter().any(|d| d.is_write_only())
+                    || !total.is_multiple_of(16)
+                    || total / 16 > u64::from(MAX_SEGMENTS)
+                {
                     return (Some(status_addr), 1, S_IOERR);
                 }
                 let mut segs = vec![0u8; total as usize];
