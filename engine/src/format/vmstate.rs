@@ -406,6 +406,9 @@ pub fn decode_state<'a>(b: &'a [u8], blake3_hex: &str) -> Result<&'a [u8], Field
             format!("{v} (this build reads 1)"),
         ));
     }
+    if b[12..16].iter().chain(&b[60..64]).any(|&x| x != 0) {
+        return Err(FieldError::new("reserved", "not zero"));
+    }
     let len = le64(b, 16);
     if len > MAX_STATE_PAYLOAD || len != (b.len() - STATE_HEADER) as u64 {
         return Err(FieldError::new(

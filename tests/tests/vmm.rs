@@ -1,0 +1,224 @@
+//! The bundled VMM end to end on this machine's KVM, through the `vdisk` binary: a repo-built
+//! guest on a vdisk disk; snapshots taken from another process (full, then diffs), kill -9 of
+//! the VMM, restores in new processes finishing with the uninterrupted run's hash — also after
+//! merging a snapshot of the diff chain away; bad input refused without a panic.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vdisk_tests::{vdisk, vdisk_bin, vdisk_err, vdisk_ok};
+
+fn kvm() -> bool {
+    if Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    eprintln!("\n*** SKIPPED: no /dev/kvm on this machine: the VMM tests did not run ***\n");
+    false
+}
+
+const ARGS: &str = "seed=3 rounds=12000 mem_mib=16 disk_mib=16";
+
+fn create(dir: &Path) {
+    vdisk_ok(&[
+        "vm",
+        "create",
+        dir.to_str().unwrap(),
+        "--guest",
+        "disk-hash",
+        "--guest-args",
+        ARGS,
+        "--memory",
+        "64M",
+        "--disk-size",
+        "32M",
+    ]);
+}
+
+fn hash_of(log: &Path) -> Option<String> {
+    let s = std::fs::read_to_string(log).ok()?;
+    let i = s.rfind("DONE hash=")?;
+    Some(s[i + 10..i + 26].to_string())
+}
+
+fn progress_of(log: &Path) -> f64 {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    s.lines()
+        .rev()
+        .find_map(|l| {
+            let (a, b) = l.strip_prefix("progress ")?.split_once('/')?;
+            Some(a.parse::<f64>().ok()? / b.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0)
+}
+
+fn wait_progress(log: &Path, want: f64, child: &mut Child) {
+    let t = Instant::now();
+    while progress_of(log) < want {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the VMM exited before {want}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no progress to {want}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_to_end(args: &[&str]) -> String {
+    let o = vdisk(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "vdisk {args:?}: {err}");
+    assert!(!err.contains("panicked"));
+    err.into_owned()
+}
+
+#[test]
+fn boot_snapshot_kill_restore_merge() {
+    if !kvm() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n);
+    let s = |n: &str| p(n).to_str().unwrap().to_string();
+    // the uninterrupted run
+    create(&p("a"));
+    run_to_end(&["vm", "run", &s("a"), "--serial", &s("a.log")]);
+    let h = hash_of(&p("a.log")).expect("a hash");
+    vdisk_ok(&["check", &s("a/disk0.vdisk")]);
+    // snapshots from another process, then kill -9
+    create(&p("b"));
+    let mut child = Command::new(vdisk_bin())
+        .args(["vm", "run", &s("b"), "--serial", &s("b.log")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_progress(&p("b.log"), 0.15, &mut child);
+    // a second runner of a running VM is refused
+    let e = vdisk_err(&["vm", "run", &s("b")]);
+    assert!(e.contains("running"), "{e}");
+    vdisk_ok(&["vm", "snapshot", &s("b"), "s1"]);
+    wait_progress(&p("b.log"), 0.3, &mut child);
+    let j = vdisk_ok(&["vm", "snapshot", &s("b"), "s2", "--diff", "--json"]);
+    assert!(j.contains("\"diff\""), "{j}");
+    wait_progress(&p("b.log"), 0.45, &mut child);
+    vdisk_ok(&["vm", "snapshot", &s("b"), "s3", "--diff"]);
+    let info = vdisk_ok(&["vm", "info", &s("b"), "--json"]);
+    assert!(info.contains(&format!("\"pid\": {}", child.id())), "{info}");
+    wait_progress(&p("b.log"), 0.6, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let d = s("b/disk0.vdisk");
+    vdisk_ok(&["check", &d]);
+    for snap in ["s3", "s1"] {
+        let log = p(&format!("b-{snap}.log"));
+        run_to_end(&[
+            "vm",
+            "restore",
+            &s("b"),
+            snap,
+            "--serial",
+            log.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            hash_of(&log).as_deref(),
+            Some(h.as_str()),
+            "restore of {snap}"
+        );
+    }
+    // merge the middle of the diff chain away: s3 stays restorable
+    vdisk_ok(&["snapshot", "delete", &d, "s2"]);
+    let log = p("b-s3-after-merge.log");
+    run_to_end(&[
+        "vm",
+        "restore",
+        &s("b"),
+        "s3",
+        "--serial",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        hash_of(&log).as_deref(),
+        Some(h.as_str()),
+        "restore after the merge"
+    );
+    // and the full one under it too
+    vdisk_ok(&["snapshot", "delete", &d, "s1"]);
+    let log = p("b-s3-after-merge2.log");
+    run_to_end(&[
+        "vm",
+        "restore",
+        &s("b"),
+        "s3",
+        "--serial",
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        hash_of(&log).as_deref(),
+        Some(h.as_str()),
+        "restore after merging the full image"
+    );
+    vdisk_ok(&["check", &d]);
+    // a disk-only snapshot holds no VM state
+    vdisk_ok(&["snapshot", "create", &d, "plain"]);
+    let e = vdisk_err(&["vm", "restore", &s("b"), "plain"]);
+    assert!(e.contains("no VM state"), "{e}");
+}
+
+#[test]
+fn damaged_vm_state_is_a_clear_error() {
+    if !kvm() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    let s = dir.to_str().unwrap().to_string();
+    vdisk_ok(&[
+        "vm",
+        "create",
+        &s,
+        "--guest",
+        "disk-hash",
+        "--guest-args",
+        "seed=1 rounds=40000 mem_mib=8 disk_mib=8",
+        "--memory",
+        "64M",
+        "--disk-size",
+        "16M",
+    ]);
+    let log = t.path().join("c.log");
+    let mut child = Command::new(vdisk_bin())
+        .args(["vm", "run", &s, "--serial", log.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_progress(&log, 0.05, &mut child);
+    vdisk_ok(&["vm", "snapshot", &s, "s1"]);
+    vdisk_ok(&["vm", "stop", &s]);
+    child.wait().unwrap();
+    // flip a byte of the state object
+    let state = std::fs::read_dir(dir.join("disk0.vdisk/state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "vmstate"))
+        .unwrap();
+    let mut b = std::fs::read(&state).unwrap();
+    let n = b.len() - 10;
+    b[n] ^= 1;
+    std::fs::write(&state, &b).unwrap();
+    let e = vdisk_err(&["vm", "restore", &s, "s1"]);
+    assert!(e.contains(".vmstate") && e.contains("checksum"), "{e}");
+    let o = vdisk(&["check", dir.join("disk0.vdisk").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "check reports the damage");
+    // a config with too much memory
+    let cfg = dir.join("vm.json");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"memory_mib\": 64", "\"memory_mib\": 65536");
+    std::fs::write(&cfg, text).unwrap();
+    let e = vdisk_err(&["vm", "run", &s]);
+    assert!(e.contains("memory_mib"), "{e}");
+}
