@@ -13,6 +13,7 @@ mod qemu;
 mod rados_runs;
 mod report;
 mod servers;
+mod vm_runs;
 mod vmdk_runs;
 
 use anyhow::{Context, Result};
@@ -29,7 +30,7 @@ pub struct Opts {
     #[arg(long)]
     pub quick: bool,
     /// Run only the groups whose name contains this (read, write, seq, snapshot, open, merge,
-    /// diff, stream, vmdk, nbd, fuse, rados).
+    /// diff, stream, vmdk, nbd, fuse, rados, vm).
     #[arg(long)]
     pub only: Option<String>,
     /// Write the results as JSON here.
@@ -72,6 +73,16 @@ fn main() -> Result<()> {
     if opts.wants("rados") {
         rados_runs::rados(&opts, &mut rep)?;
         if opts.only.as_deref() == Some("rados") {
+            rep.print();
+            if let Some(p) = &opts.json {
+                std::fs::write(p, serde_json::to_vec_pretty(&rep)?)?;
+            }
+            return Ok(());
+        }
+    }
+    if opts.wants("vm") {
+        vm_runs::vm(&opts, &mut rep)?;
+        if opts.only.as_deref() == Some("vm") {
             rep.print();
             if let Some(p) = &opts.json {
                 std::fs::write(p, serde_json::to_vec_pretty(&rep)?)?;
