@@ -7,7 +7,7 @@ use std::process::Command;
 use proptest::prelude::*;
 use vdisk_ovf::generate::{build_envelope, generate, write_descriptor, DiskFacts, OvfVersion};
 use vdisk_ovf::parse_descriptor;
-use vdisk_vmconfig::{DiskBus, DiskConfig, Firmware, NicConfig, NicModel, VmConfig};
+use vdisk_vmconfig::{DiskBus, DiskConfig, Firmware, GuestConfig, NicConfig, NicModel, VmConfig};
 
 fn corpus_dir() -> PathBuf {
     std::env::var_os("VDISK_CORPUS")
@@ -49,6 +49,10 @@ fn sample() -> (VmConfig, Vec<DiskFacts>) {
     c.annotations
         .insert("annotation".into(), "line one\nline two".into());
     c.annotations.insert("owner".into(), "ops team".into());
+    c.guest = Some(GuestConfig {
+        name: "disk-hash".into(),
+        args: "seed=7 rounds=100 label=\"a<b>&c\"".into(),
+    });
     let disks = (0..5)
         .map(|i| DiskFacts {
             file_name: format!("web-disk{}.vmdk", i + 1),
