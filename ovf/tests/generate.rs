@@ -160,8 +160,9 @@ fn config_strategy() -> impl Strategy<Value = VmConfig> {
         proptest::collection::vec((proptest::option::of(any::<[u8; 4]>()), word, model), 0..4),
         proptest::option::of("[a-z0-9]{1,12}"),
         proptest::collection::btree_map("[a-z]{1,10}", word, 0..4),
+        proptest::option::of(("[a-z][a-z-]{0,15}", "[ -~\u{a0}-\u{2ff}]{0,64}")),
     )
-        .prop_map(|(name, vcpus, mem, uefi, disks, nics, os, ann)| {
+        .prop_map(|(name, vcpus, mem, uefi, disks, nics, os, ann, guest)| {
             let mut c = VmConfig::new(name, vcpus, mem);
             c.firmware = if uefi { Firmware::Uefi } else { Firmware::Bios };
             for (i, (bus, boot)) in disks.into_iter().enumerate() {
@@ -182,6 +183,7 @@ fn config_strategy() -> impl Strategy<Value = VmConfig> {
             }
             c.os_type = os;
             c.annotations = ann;
+            c.guest = guest.map(|(name, args)| GuestConfig { name, args });
             c
         })
 }
