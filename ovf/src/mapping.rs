@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 use vdisk_vmconfig::{
-    DiskBus, DiskConfig, Firmware, NicConfig, NicModel, VmConfig, CONFIG_VERSION,
+    DiskBus, DiskConfig, Firmware, GuestConfig, NicConfig, NicModel, VmConfig, CONFIG_VERSION,
 };
 
 use crate::error::{OvfError, Result};
@@ -490,6 +490,16 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
             vs.sections.eulas.len()
         ));
     }
+    // The bundled VMM's guest: written in the first VirtualHardwareSection; also read when
+    // placed directly in the VirtualSystem. Checked by the parser and by `validate` below.
+    let guest = hw
+        .vdisk_guest
+        .as_ref()
+        .or(vs.sections.vdisk_guest.as_ref())
+        .map(|g| GuestConfig {
+            name: g.name.clone(),
+            args: g.args.clone(),
+        });
     let name = vs
         .name
         .clone()
@@ -505,7 +515,7 @@ pub fn map_system(env: &Envelope, vs: &VirtualSystem, file: &str) -> Result<Mapp
         nics,
         os_type,
         annotations,
-        guest: None,
+        guest,
     };
     config.validate().map_err(|source| OvfError::Config {
         context: format!("{file}: VirtualSystem {:?}", vs.id),

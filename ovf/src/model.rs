@@ -258,6 +258,10 @@ pub struct VirtualHardware {
     pub vmw_config: Vec<(String, String)>,
     /// `vmw:ExtraConfig` key/values of the section.
     pub vmw_extra_config: Vec<(String, String)>,
+    /// `vdisk:GuestSection` of the section: the program the bundled VMM runs. This project
+    /// writes it here, among the section's `##other` extensions (as `vmw:Config`), because
+    /// DSP8023 admits no foreign element directly in a VirtualSystem.
+    pub vdisk_guest: Option<VdiskGuest>,
 }
 
 /// A section or element this reader does not interpret, kept verbatim.
@@ -293,6 +297,20 @@ pub struct Sections {
     pub other: Vec<ExtensionSection>,
     /// Unqualified simple elements of the oVirt dialect (`BiosType`, `TemplateName`, ...).
     pub vendor_fields: BTreeMap<String, String>,
+    /// `vdisk:GuestSection` placed directly in the VirtualSystem (read, never written: see
+    /// [`VirtualHardware::vdisk_guest`]).
+    pub vdisk_guest: Option<VdiskGuest>,
+}
+
+/// `vdisk:GuestSection` (namespace [`crate::ns::VDISK`], `ovf:required="false"`): the bundled
+/// VMM's guest program of a VM and its arguments, i.e. `vm.json`'s `guest` member. Other
+/// consumers ignore it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VdiskGuest {
+    /// `vdisk:Name`: the guest program (`disk-hash`, ...), verbatim.
+    pub name: String,
+    /// `vdisk:Args`: its arguments, verbatim (empty when the element is absent).
+    pub args: String,
 }
 
 /// `VirtualSystem`: one VM.

@@ -7,7 +7,7 @@ use std::process::Command;
 use proptest::prelude::*;
 use vdisk_ovf::generate::{build_envelope, generate, write_descriptor, DiskFacts, OvfVersion};
 use vdisk_ovf::parse_descriptor;
-use vdisk_vmconfig::{DiskBus, DiskConfig, Firmware, NicConfig, NicModel, VmConfig};
+use vdisk_vmconfig::{DiskBus, DiskConfig, Firmware, GuestConfig, NicConfig, NicModel, VmConfig};
 
 fn corpus_dir() -> PathBuf {
     std::env::var_os("VDISK_CORPUS")
@@ -49,6 +49,10 @@ fn sample() -> (VmConfig, Vec<DiskFacts>) {
     c.annotations
         .insert("annotation".into(), "line one\nline two".into());
     c.annotations.insert("owner".into(), "ops team".into());
+    c.guest = Some(GuestConfig {
+        name: "disk-hash".into(),
+        args: "seed=7 rounds=100 label=\"a<b>&c\"".into(),
+    });
     let disks = (0..5)
         .map(|i| DiskFacts {
             file_name: format!("web-disk{}.vmdk", i + 1),
@@ -156,8 +160,9 @@ fn config_strategy() -> impl Strategy<Value = VmConfig> {
         proptest::collection::vec((proptest::option::of(any::<[u8; 4]>()), word, model), 0..4),
         proptest::option::of("[a-z0-9]{1,12}"),
         proptest::collection::btree_map("[a-z]{1,10}", word, 0..4),
+        proptest::option::of(("[a-z][a-z-]{0,15}", "[ -~\u{a0}-\u{2ff}]{0,64}")),
     )
-        .prop_map(|(name, vcpus, mem, uefi, disks, nics, os, ann)| {
+        .prop_map(|(name, vcpus, mem, uefi, disks, nics, os, ann, guest)| {
             let mut c = VmConfig::new(name, vcpus, mem);
             c.firmware = if uefi { Firmware::Uefi } else { Firmware::Bios };
             for (i, (bus, boot)) in disks.into_iter().enumerate() {
@@ -178,6 +183,7 @@ fn config_strategy() -> impl Strategy<Value = VmConfig> {
             }
             c.os_type = os;
             c.annotations = ann;
+            c.guest = guest.map(|(name, args)| GuestConfig { name, args });
             c
         })
 }

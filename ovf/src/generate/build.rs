@@ -8,7 +8,8 @@ use crate::error::{OvfError, Result};
 use crate::href::check_relative;
 use crate::model::{
     Content, Dialect, Envelope, FileRef, HardwareItem, ItemClass, Network, OperatingSystem,
-    Product, Property, Sections, SystemSettings, Text, VirtualDisk, VirtualHardware, VirtualSystem,
+    Product, Property, Sections, SystemSettings, Text, VdiskGuest, VirtualDisk, VirtualHardware,
+    VirtualSystem,
 };
 
 /// Format URI of a streamOptimized VMDK, as ovftool writes it.
@@ -301,6 +302,10 @@ pub fn build_envelope(
             },
         )],
         vmw_extra_config: Vec::new(),
+        vdisk_guest: cfg.guest.as_ref().map(|g| VdiskGuest {
+            name: g.name.clone(),
+            args: g.args.clone(),
+        }),
     };
     let mut sections = Sections {
         hardware: vec![hardware],

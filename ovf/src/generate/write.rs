@@ -288,6 +288,17 @@ fn write_hardware(w: &mut XmlWriter, hw: &VirtualHardware, dialect: Dialect) {
             &[("ovf:required", "false"), ("vmw:key", k), ("vmw:value", v)],
         );
     }
+    if let Some(g) = &hw.vdisk_guest {
+        // Shaped as a Section (Info first) in our namespace (`xmlns:vdisk` is declared on the
+        // Envelope). DSP8023 has no `##other` extension point directly in a VirtualSystem, so
+        // it sits with the hardware section's extensions; `ovf:required="false"` lets other
+        // consumers skip it.
+        w.start("vdisk:GuestSection", &[("ovf:required", "false")]);
+        w.leaf("Info", &[], "vdisk bundled VMM guest");
+        w.leaf("vdisk:Name", &[], &g.name);
+        w.leaf("vdisk:Args", &[], &g.args);
+        w.end();
+    }
     w.end();
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use roxmltree::Node;
 
 use super::ctx::parse_bool;
-use super::sections::check_extension;
+use super::sections::{check_extension, parse_guest};
 use super::Ctx;
 use crate::error::{OvfError, Result};
 use crate::model::{HardwareItem, ItemClass, SystemSettings, VirtualHardware};
@@ -26,6 +26,7 @@ pub(super) fn parse_hardware(cx: &mut Ctx, node: Node) -> Result<VirtualHardware
         items: Vec::new(),
         vmw_config: Vec::new(),
         vmw_extra_config: Vec::new(),
+        vdisk_guest: None,
     };
     for child in node.children().filter(Node::is_element) {
         if cx.is(child, ns::VMW, "Config") {
@@ -34,6 +35,16 @@ pub(super) fn parse_hardware(cx: &mut Ctx, node: Node) -> Result<VirtualHardware
         }
         if cx.is(child, ns::VMW, "ExtraConfig") {
             hw.vmw_extra_config.extend(vmw_pair(child));
+            continue;
+        }
+        if cx.is(child, ns::VDISK, "GuestSection") {
+            if hw.vdisk_guest.is_some() {
+                cx.warn(
+                    "VirtualHardwareSection: more than one vdisk:GuestSection; using the first",
+                );
+            } else {
+                hw.vdisk_guest = Some(parse_guest(cx, child)?);
+            }
             continue;
         }
         match cx.element_name(child).as_deref() {

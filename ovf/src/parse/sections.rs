@@ -11,10 +11,11 @@ use super::Ctx;
 use crate::error::Result;
 use crate::model::{
     DeploymentOption, Dialect, Eula, ExtensionSection, FileRef, Network, OperatingSystem, Product,
-    Property, Sections, StringBundle, Text, UnsupportedSection, VirtualDisk,
+    Property, Sections, StringBundle, Text, UnsupportedSection, VdiskGuest, VirtualDisk,
 };
 use crate::ns;
 use crate::units::to_bytes;
+use vdisk_vmconfig::{ConfigProblem, GuestConfig, VmConfig};
 
 /// Standard DSP0243 sections this reader keeps verbatim without interpreting.
 const STANDARD_UNINTERPRETED: &[&str] = &[
@@ -265,6 +266,16 @@ pub(super) fn parse_section(
             sections.vbox_machine = Some(cx.source(node));
             return Ok(());
         }
+        if cx.is(node, ns::VDISK, "GuestSection") {
+            if sections.vdisk_guest.is_some() {
+                cx.warn(format!(
+                    "{location}: more than one vdisk:GuestSection; using the first"
+                ));
+            } else {
+                sections.vdisk_guest = Some(parse_guest(cx, node)?);
+            }
+            return Ok(());
+        }
         if cx.required(node) {
             cx.unsupported.push(UnsupportedSection {
                 section: qualified(node),
@@ -328,6 +339,65 @@ pub(super) fn parse_section(
         }
     }
     Ok(())
+}
+
+/// `vdisk:GuestSection`: `vdisk:Name` (required) and `vdisk:Args`, both verbatim (not trimmed:
+/// the VMM gets exactly what was exported). Checked here against the VM config's rules so a
+/// hostile value is refused with the file, element and line.
+pub(super) fn parse_guest(cx: &mut Ctx, node: Node) -> Result<VdiskGuest> {
+    let mut name = None;
+    let mut args = None;
+    for c in elements(node) {
+        let slot = if cx.is(c, ns::VDISK, "Name") {
+            &mut name
+        } else if cx.is(c, ns::VDISK, "Args") {
+            &mut args
+        } else {
+            continue;
+        };
+        if slot.is_some() {
+            return Err(cx.invalid(c, "repeated in vdisk:GuestSection"));
+        }
+        if elements(c).next().is_some() {
+            return Err(cx.invalid(c, "must hold text only"));
+        }
+        let text: String = c
+            .children()
+            .filter(Node::is_text)
+            .filter_map(|t| t.text())
+            .collect();
+        *slot = Some((c, text));
+    }
+    let Some((name_node, name)) = name else {
+        return Err(cx.invalid(node, "vdisk:GuestSection without vdisk:Name"));
+    };
+    if name.chars().any(char::is_control) {
+        return Err(cx.invalid(
+            name_node,
+            "field `guest.name`: must not contain control characters",
+        ));
+    }
+    let (args_node, args) = match args {
+        Some((n, a)) => (Some(n), a),
+        None => (None, String::new()),
+    };
+    let guest = VdiskGuest { name, args };
+    // The VM config's own rules (lengths, control characters), reported at the element.
+    let mut probe = VmConfig::new("probe", 1, 64);
+    probe.guest = Some(GuestConfig {
+        name: guest.name.clone(),
+        args: guest.args.clone(),
+    });
+    if let Err(problem) = probe.validate() {
+        let at = match &problem {
+            ConfigProblem::BadField { field, .. } if field == "guest.args" => {
+                args_node.unwrap_or(node)
+            }
+            _ => name_node,
+        };
+        return Err(cx.invalid(at, problem.to_string()));
+    }
+    Ok(guest)
 }
 
 fn parse_os(cx: &Ctx, node: Node) -> OperatingSystem {
