@@ -222,3 +222,39 @@ fn damaged_vm_state_is_a_clear_error() {
     let e = vdisk_err(&["vm", "run", &s]);
     assert!(e.contains("memory_mib"), "{e}");
 }
+
+#[test]
+fn an_ovf_package_carries_the_vm() {
+    if !kvm() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n).to_str().unwrap().to_string();
+    let args = "seed=9 rounds=3000 mem_mib=8 disk_mib=8";
+    vdisk_ok(&[
+        "vm",
+        "create",
+        &p("a"),
+        "--guest",
+        "disk-hash",
+        "--guest-args",
+        args,
+        "--memory",
+        "64M",
+        "--disk-size",
+        "16M",
+    ]);
+    vdisk_ok(&["ovf", "export", &p("a"), &p("app.ova")]);
+    vdisk_ok(&["ovf", "import", &p("app.ova"), &p("b")]);
+    run_to_end(&["vm", "run", &p("b"), "--serial", &p("b.log")]);
+    run_to_end(&["vm", "run", &p("a"), "--serial", &p("a.log")]);
+    let (ha, hb) = (
+        hash_of(Path::new(&p("a.log"))),
+        hash_of(Path::new(&p("b.log"))),
+    );
+    assert!(ha.is_some());
+    assert_eq!(
+        ha, hb,
+        "the imported VM runs the same guest with the same arguments"
+    );
+}
