@@ -73,21 +73,13 @@ fn main() -> Result<()> {
     if opts.wants("rados") {
         rados_runs::rados(&opts, &mut rep)?;
         if opts.only.as_deref() == Some("rados") {
-            rep.print();
-            if let Some(p) = &opts.json {
-                std::fs::write(p, serde_json::to_vec_pretty(&rep)?)?;
-            }
-            return Ok(());
+            return finish(&opts, &rep);
         }
     }
     if opts.wants("vm") {
         vm_runs::vm(&opts, &mut rep)?;
         if opts.only.as_deref() == Some("vm") {
-            rep.print();
-            if let Some(p) = &opts.json {
-                std::fs::write(p, serde_json::to_vec_pretty(&rep)?)?;
-            }
-            return Ok(());
+            return finish(&opts, &rep);
         }
     }
     let fixture = engine_runs::Fixture::prepare(&opts, &qemu)?;
@@ -124,9 +116,14 @@ fn main() -> Result<()> {
     if opts.wants("fuse") {
         fuse_runs::fuse(&opts, &fixture, &mut rep)?;
     }
+    finish(&opts, &rep)
+}
+
+/// Print the report, and write it as JSON where asked.
+fn finish(opts: &Opts, rep: &report::Report) -> Result<()> {
     rep.print();
     if let Some(p) = &opts.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&rep)?)?;
+        std::fs::write(p, serde_json::to_vec_pretty(rep)?)?;
     }
     Ok(())
 }

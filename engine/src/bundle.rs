@@ -212,10 +212,24 @@ pub(crate) fn update_manifest_locked<T>(
     Ok((m, t))
 }
 
-/// Remove `manifest.tmp` and the objects of `layers/` the manifest does not name (left by
+/// Every object of `layers/` and `state/` (the directories whose objects a manifest names),
+/// for garbage scans.
+pub(crate) fn data_objects(store: &dyn Store) -> Result<Vec<String>> {
+    let loc = store.location();
+    let mut names = Vec::new();
+    for dir in ["layers", "state"] {
+        match store.list_objects(dir) {
+            Ok(l) => names.extend(l),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("{loc}/{dir}"), "list", e)),
+        }
+    }
+    Ok(names)
+}
+
+/// Remove `manifest.tmp` and the objects of `layers/` and `state/` the manifest does not name (left by
 /// crashes), under the maintenance lock (recovery.md §5).
 pub(crate) fn remove_orphans(store: &dyn Store) -> Result<Vec<String>> {
-    let loc = store.location();
     let _maint = lock_maintenance(store)?;
     let m = read_manifest(store)?;
     let live = m.live_objects();
@@ -225,15 +239,7 @@ pub(crate) fn remove_orphans(store: &dyn Store) -> Result<Vec<String>> {
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
         Err(e) => return Err(Error::io(MANIFEST_TMP, "remove", e)),
     }
-    let mut names = store
-        .list_objects("layers")
-        .map_err(|e| Error::io(format!("{loc}/layers"), "list", e))?;
-    match store.list_objects("state") {
-        Ok(s) => names.extend(s),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("{loc}/state"), "list", e)),
-    }
-    for name in names {
+    for name in data_objects(store)? {
         if !live.contains(&name) {
             store
                 .remove_object(&name)

@@ -144,12 +144,7 @@ pub fn check_with_progress(store: &dyn Store, progress: &dyn Fn(usize, usize)) -
             }
         }
     }
-    match store.list_objects("layers").and_then(|mut l| {
-        Ok({
-            l.extend(store.list_objects("state")?);
-            l
-        })
-    }) {
+    match crate::bundle::data_objects(store) {
         Ok(names) => {
             let live = m.live_objects();
             for n in names {
@@ -158,7 +153,7 @@ pub fn check_with_progress(store: &dyn Store, progress: &dyn Fn(usize, usize)) -
                 }
             }
         }
-        Err(e) => r.problem("layers/", "list", e.to_string()),
+        Err(e) => r.problem("layers/", "list", crate::error::chain(&e)),
     }
     r
 }

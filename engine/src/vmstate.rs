@@ -304,6 +304,15 @@ pub fn read_state(store: &dyn Store, r: &StateRef) -> Result<Vec<u8>> {
     Ok(p.to_vec())
 }
 
+/// The memory image record of the snapshot with id `id`, if it has one.
+fn memory_of(m: &Manifest, id: Id) -> Option<MemoryRef> {
+    m.snapshots
+        .iter()
+        .find(|s| s.id == id)
+        .and_then(|s| s.vm())
+        .and_then(|r| r.memory)
+}
+
 /// The memory images a snapshot's memory is built from, oldest (a full image) first.
 pub fn memory_chain(m: &Manifest, snapshot: &str) -> Result<Vec<MemoryRef>> {
     let s = m
@@ -324,19 +333,13 @@ pub fn memory_chain(m: &Manifest, snapshot: &str) -> Result<Vec<MemoryRef>> {
         if !seen.insert(b) {
             return Err(Error::format("manifest", "vm_state.memory.base", "a cycle"));
         }
-        cur = m
-            .snapshots
-            .iter()
-            .find(|x| x.id == b)
-            .and_then(|x| x.vm())
-            .and_then(|r| r.memory)
-            .ok_or_else(|| {
-                Error::format(
-                    "manifest",
-                    "vm_state.memory.base",
-                    format!("{snapshot:?}: base {b} has no memory"),
-                )
-            })?;
+        cur = memory_of(m, b).ok_or_else(|| {
+            Error::format(
+                "manifest",
+                "vm_state.memory.base",
+                format!("{snapshot:?}: base {b} has no memory"),
+            )
+        })?;
     }
     out.reverse();
     Ok(out)
@@ -431,12 +434,7 @@ pub fn fold_for_removal(
         let mut refs = vec![mem.clone()];
         let mut cur = b;
         let new_base = loop {
-            let r = m
-                .snapshots
-                .iter()
-                .find(|x| x.id == cur)
-                .and_then(|x| x.vm())
-                .and_then(|r| r.memory)
+            let r = memory_of(m, cur)
                 .ok_or_else(|| Error::format("manifest", "vm_state.memory.base", "dangling"))?;
             let next = r.base;
             refs.push(r);

@@ -112,8 +112,9 @@ fn boot_snapshot_kill_restore_merge() {
     child.wait().unwrap();
     let d = s("b/disk0.vdisk");
     vdisk_ok(&["check", &d]);
-    for snap in ["s3", "s1"] {
-        let log = p(&format!("b-{snap}.log"));
+    // each restore in a new process finishes with the uninterrupted run's hash
+    let restore = |snap: &str, log: &str, why: &str| {
+        let log = p(log);
         run_to_end(&[
             "vm",
             "restore",
@@ -122,43 +123,19 @@ fn boot_snapshot_kill_restore_merge() {
             "--serial",
             log.to_str().unwrap(),
         ]);
-        assert_eq!(
-            hash_of(&log).as_deref(),
-            Some(h.as_str()),
-            "restore of {snap}"
-        );
-    }
+        assert_eq!(hash_of(&log).as_deref(), Some(h.as_str()), "{why}");
+    };
+    restore("s3", "b-s3.log", "restore of s3");
+    restore("s1", "b-s1.log", "restore of s1");
     // merge the middle of the diff chain away: s3 stays restorable
     vdisk_ok(&["snapshot", "delete", &d, "s2"]);
-    let log = p("b-s3-after-merge.log");
-    run_to_end(&[
-        "vm",
-        "restore",
-        &s("b"),
-        "s3",
-        "--serial",
-        log.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        hash_of(&log).as_deref(),
-        Some(h.as_str()),
-        "restore after the merge"
-    );
+    restore("s3", "b-s3-after-merge.log", "restore after the merge");
     // and the full one under it too
     vdisk_ok(&["snapshot", "delete", &d, "s1"]);
-    let log = p("b-s3-after-merge2.log");
-    run_to_end(&[
-        "vm",
-        "restore",
-        &s("b"),
+    restore(
         "s3",
-        "--serial",
-        log.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        hash_of(&log).as_deref(),
-        Some(h.as_str()),
-        "restore after merging the full image"
+        "b-s3-after-merge2.log",
+        "restore after merging the full image",
     );
     vdisk_ok(&["check", &d]);
     // a disk-only snapshot holds no VM state

@@ -149,8 +149,9 @@ fn seg(selector: u16, type_: u8, code: bool, dpl: u8) -> kvm_segment {
     }
 }
 
-/// The starting state of vCPU `index`: 64-bit mode, ring 0, at `entry`.
-pub fn setup_vcpu(vcpu: &VcpuFd, index: u32, entry: u64, cpuid: &CpuId) -> Result<()> {
+/// Give vCPU `index` the supported CPUID with its own APIC ids (at boot and at a restore
+/// alike, so a restored guest sees what it saw when it booted).
+pub fn set_cpuid(vcpu: &VcpuFd, index: u32, cpuid: &CpuId) -> Result<()> {
     let mut cpuid = cpuid.clone();
     for e in cpuid.as_mut_slice() {
         if e.function == 1 {
@@ -160,7 +161,12 @@ pub fn setup_vcpu(vcpu: &VcpuFd, index: u32, entry: u64, cpuid: &CpuId) -> Resul
             e.edx = index;
         }
     }
-    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm("KVM_SET_CPUID2"))
+}
+
+/// The starting state of vCPU `index`: 64-bit mode, ring 0, at `entry`.
+pub fn setup_vcpu(vcpu: &VcpuFd, index: u32, entry: u64, cpuid: &CpuId) -> Result<()> {
+    set_cpuid(vcpu, index, cpuid)?;
     let mut s: kvm_sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
     s.cs = seg(0x08, 0xb, true, 0);
     let data = seg(0x10, 0x3, false, 0);

@@ -176,7 +176,7 @@ pub fn open(dir: &Path) -> Result<Folder> {
 impl Folder {
     /// The control socket of the VMM running this folder.
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("vm.sock")
+        socket_path(&self.dir)
     }
 
     /// The guest and its arguments.
@@ -187,6 +187,11 @@ impl Folder {
             g.args.clone(),
         )
     }
+}
+
+/// The control socket of the VMM running the VM folder `dir`.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("vm.sock")
 }
 
 /// The running VMM's hold on a folder: released when dropped.

@@ -72,13 +72,23 @@ fn serial_out(o: &RunOptions) -> Result<Box<dyn std::io::Write + Send>> {
     })
 }
 
+/// A VM snapshot loaded for a restore.
+pub struct Loaded {
+    /// Guest memory: the full image mapped privately, the diffs applied.
+    pub mem: Mem,
+    /// vCPU, device and clock state.
+    pub state: VmState,
+    /// The snapshot's id (the base of later diffs).
+    pub id: Id,
+    /// Its name (the spec given may be an id or a prefix).
+    pub name: String,
+    /// The chain's images, the full one first (verified alongside the guest).
+    pub images: Vec<MemImage>,
+}
+
 /// The memory and state of snapshot `name` of the VM's first disk: the full image mapped
 /// privately (read lazily), the diffs after it read (verified) into the mapping.
-pub fn load_snapshot(
-    disk0: &Disk,
-    name: &str,
-    memory: u64,
-) -> Result<(Mem, VmState, Id, Vec<MemImage>)> {
+pub fn load_snapshot(disk0: &Disk, name: &str, memory: u64) -> Result<Loaded> {
     let m = disk0.manifest();
     let s = m
         .find_snapshot(name)
@@ -150,7 +160,13 @@ pub fn load_snapshot(
             crate::vm::write_guest(&mem, e.gpa, &buf)?;
         }
     }
-    Ok((mem, state, s.id, images))
+    Ok(Loaded {
+        mem,
+        state,
+        id: s.id,
+        name: sname,
+        images,
+    })
 }
 
 /// Run the VM of `dir` until the guest leaves: booted, or continued from snapshot
@@ -187,22 +203,17 @@ pub fn run(
     let (mem, start, verify) = match restore {
         None => (memory::anonymous(memory)?, Start::Boot, None),
         Some(name) => {
-            let (mem, state, base, images) = load_snapshot(&disks[0], name, memory)?;
-            let sname = disks[0]
-                .manifest()
-                .find_snapshot(name)
-                .map(|s| s.name.clone())
-                .unwrap_or_else(|| name.to_string());
+            let l = load_snapshot(&disks[0], name, memory)?;
             for d in &disks {
-                d.snapshot_revert(&sname)?;
+                d.snapshot_revert(&l.name)?;
             }
             (
-                mem,
+                l.mem,
                 Start::Restore {
-                    state: Box::new(state),
-                    base,
+                    state: Box::new(l.state),
+                    base: l.id,
                 },
-                Some(images),
+                Some(l.images),
             )
         }
     };

@@ -169,11 +169,10 @@ impl Machine {
         start: Start,
     ) -> Result<Arc<Machine>> {
         let kvmfd = Kvm::new().map_err(VmmError::NoKvm)?;
-        let vm = kvmfd.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let vm = kvmfd.create_vm().map_err(kvm("KVM_CREATE_VM"))?;
         vm.set_tss_address(0xfffb_d000)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            .map_err(kvm("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip().map_err(kvm("KVM_CREATE_IRQCHIP"))?;
         let (host, size) = memory::host_range(&mem);
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -184,25 +183,24 @@ impl Machine {
         };
         // SAFETY: the region is a live mapping of `size` bytes owned by `mem`, which the
         // Machine keeps (in `shared`) for as long as the VM exists.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm("KVM_SET_USER_MEMORY_REGION"))?;
         let cpuid = kvmfd
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+            .map_err(kvm("KVM_GET_SUPPORTED_CPUID"))?;
         let msr_list: Vec<u32> = kvmfd
             .get_msr_index_list()
-            .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
+            .map_err(kvm("KVM_GET_MSR_INDEX_LIST"))?
             .as_slice()
             .to_vec();
         let mut vcpus = Vec::new();
         for i in 0..cfg.vcpus {
             vcpus.push(
                 vm.create_vcpu(u64::from(i))
-                    .map_err(kvm_err("KVM_CREATE_VCPU"))?,
+                    .map_err(kvm("KVM_CREATE_VCPU"))?,
             );
         }
         let ids: Vec<String> = (0..disks.len()).map(|i| format!("vdisk{i}")).collect();
-        let (bus, states) = match &start {
+        let bus = match &start {
             Start::Boot => {
                 let entry = boot::load_elf(&mem, cfg.guest.elf, cfg.guest.name)?;
                 let tsc = vcpus[0].get_tsc_khz().unwrap_or(1_000_000);
@@ -223,13 +221,10 @@ impl Machine {
                         VirtioBlk::new(d.clone() as Arc<dyn vdisk_blockdev::BlockDevice>, id)
                     })
                     .collect();
-                (
-                    Bus {
-                        serial: Console::new(serial),
-                        blk,
-                    },
-                    None,
-                )
+                Bus {
+                    serial: Console::new(serial),
+                    blk,
+                }
             }
             Start::Restore { state, .. } => {
                 let bad = |field: &str, reason: String| VmmError::State {
@@ -261,13 +256,7 @@ impl Machine {
                     );
                 }
                 for (i, v) in vcpus.iter().enumerate() {
-                    let mut c = cpuid.clone();
-                    for e in c.as_mut_slice() {
-                        if e.function == 1 {
-                            e.ebx = (e.ebx & 0x00ff_ffff) | ((i as u32) << 24);
-                        }
-                    }
-                    v.set_cpuid2(&c).map_err(kvm("KVM_SET_CPUID2"))?;
+                    boot::set_cpuid(v, i as u32, &cpuid)?;
                     vcpu::restore(v, &state.vcpus[i])?;
                 }
                 let clock = kvm_clock_data {
@@ -275,16 +264,12 @@ impl Machine {
                     ..Default::default()
                 };
                 vm.set_clock(&clock).map_err(kvm("KVM_SET_CLOCK"))?;
-                (
-                    Bus {
-                        serial: Console::from_state(&state.serial, serial),
-                        blk,
-                    },
-                    Some(()),
-                )
+                Bus {
+                    serial: Console::from_state(&state.serial, serial),
+                    blk,
+                }
             }
         };
-        let _ = states;
         // what the VMM wrote while setting up is not guest activity
         memory::take_vmm_dirty(&mem);
         let n = vcpus.len();
@@ -640,10 +625,6 @@ impl Machine {
     }
 }
 
-fn kvm_err(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
-    kvm(call)
-}
-
 fn or_into(a: &mut Vec<u64>, b: &[u64]) {
     if a.len() < b.len() {
         a.resize(b.len(), 0);
@@ -823,7 +804,7 @@ fn device_at(addr: u64, n: usize) -> Option<(usize, u64)> {
     (i < n).then_some((i, (addr - MMIO_BASE) % MMIO_SIZE))
 }
 
-/// Load a guest image into fresh memory and check the configuration against the layout.
+/// Check a guest memory size against the layout (layout.rs).
 pub fn check_memory(memory: u64) -> std::result::Result<(), String> {
     if !(MIN_MEMORY..=MAX_MEMORY).contains(&memory) || !memory.is_multiple_of(2 << 20) {
         return Err(format!(

@@ -243,16 +243,12 @@ fn run_vm(
     Ok(ExitCode::from(r.status() as u8))
 }
 
-fn socket(dir: &Path) -> PathBuf {
-    dir.join("vm.sock")
-}
-
 fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let _ = folder::open(&a.dir)?;
     let bar = crate::progress::counter(&format!("VM snapshot {}", a.name));
     bar.enable_steady_tick(Duration::from_millis(200));
     let r = control::call(
-        &socket(&a.dir),
+        &folder::socket_path(&a.dir),
         &json!({"op": "vm_snapshot", "name": a.name, "diff": a.diff}),
         Duration::from_secs(3600),
     );
@@ -276,7 +272,7 @@ fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
 
 fn stop(a: StopArgs) -> Result<ExitCode> {
     control::call(
-        &socket(&a.dir),
+        &folder::socket_path(&a.dir),
         &json!({"op": "vm_stop"}),
         Duration::from_secs(30),
     )
@@ -320,7 +316,7 @@ fn info_value(dir: &Path) -> Result<Value> {
         "name": f.config.name,
         "running": pid.is_some(),
         "pid": pid,
-        "control_socket": pid.map(|_| socket(dir).display().to_string()),
+        "control_socket": pid.map(|_| folder::socket_path(dir).display().to_string()),
         "guest": g.name,
         "guest_args": args,
         "memory": f.config.memory_mib << 20,
