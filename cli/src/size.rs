@@ -88,3 +88,49 @@ mod tests {
         assert!(parse_size("16777216T").is_err());
     }
 }
+
+/// Parse a duration: `500ms`, `1s`, `1.5s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let (num, mul) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 500ms, 1s, 2m)"))?;
+    let secs = v * mul;
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
+        return Err(format!("{s:?}: a duration from 1ms to a year"));
+    }
+    let d = std::time::Duration::from_secs_f64(secs);
+    if d < std::time::Duration::from_millis(1) {
+        return Err(format!("{s:?}: at least 1ms"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "x", "-1s", "0", "0.1ms", "inf", "1e30h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -44,11 +44,15 @@ pub struct StreamReport {
 }
 
 /// How [`Disk::import_diff_with`] treats a replica whose head moved on by itself.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     /// Revert the head to the stream's FROM snapshot first when it has writes of its own or
     /// stands elsewhere (its changes are discarded), instead of refusing.
     pub force: bool,
+    /// The VM state the new snapshot records (a replica of a VM snapshot). Its objects
+    /// must already be in the bundle, verified: it is committed by the same manifest
+    /// replace as the snapshot.
+    pub vm_state: Option<crate::format::vmstate::VmStateRecord>,
 }
 
 struct CountingWriter<W> {
@@ -304,7 +308,7 @@ impl Disk {
             created_ns: h.to.created_ns,
             layer: id,
             pinned: false,
-            vm_state: None,
+            vm_state: opts.vm_state.as_ref().map(|r| r.to_value()),
             virtual_size: None,
         };
         let new_active = if head_clean || opts.force {

@@ -2,6 +2,8 @@
 //! one out, like the disks' control sockets (format-spec/control.md §VM).
 
 use crate::folder::Folder;
+use crate::migration::replica::Standby;
+use crate::migration::send::{migrate, MigrateOptions};
 use crate::vm::Machine;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -64,6 +66,33 @@ impl Service for VmService {
                 self.machine.stop();
                 json!({"ok": true})
             }
+            "vm_migrate" => {
+                let Some(to) = req.get("to").and_then(Value::as_str) else {
+                    return err("bad_request", "vm_migrate needs `to` (host:port)".into());
+                };
+                let mut o = MigrateOptions {
+                    to: to.to_string(),
+                    ..Default::default()
+                };
+                if let Some(d) = req.get("downtime_ms").and_then(Value::as_u64) {
+                    o.downtime_ms = d.clamp(1, 60_000);
+                }
+                if let Some(r) = req.get("max_rounds").and_then(Value::as_u64) {
+                    o.max_rounds = r.clamp(1, 1000) as u32;
+                }
+                match migrate(&self.machine, &self.folder, &o) {
+                    Ok(r) => json!({"ok": true, "migration": r}),
+                    Err(e) => err(
+                        "failed",
+                        vdisk_live::control::protocol::chain(&e)
+                            + if self.machine.migrated() {
+                                ""
+                            } else {
+                                " (the VM runs on here)"
+                            },
+                    ),
+                }
+            }
             "vm_info" => {
                 let (g, args) = self.folder.guest();
                 json!({"ok": true, "info": {
@@ -77,7 +106,40 @@ impl Service for VmService {
             }
             other => err(
                 "unknown_op",
-                format!("unknown op {other:?} (vm_snapshot, vm_stop, vm_info)"),
+                format!("unknown op {other:?} (vm_snapshot, vm_stop, vm_info, vm_migrate)"),
+            ),
+        }
+    }
+}
+
+/// What answers on `vm.sock` of a standby: promote, stop, info.
+pub struct StandbyService(pub Arc<Standby>);
+
+impl Service for StandbyService {
+    fn answer(&self, line: &[u8]) -> Value {
+        let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(line) else {
+            return err("bad_request", "the request is not a JSON object".into());
+        };
+        match req.get("op").and_then(Value::as_str).unwrap_or("") {
+            "vm_promote" => match self.0.promote() {
+                Some(name) => json!({"ok": true, "snapshot": name}),
+                None => err(
+                    "refused",
+                    "no complete snapshot has arrived yet: nothing to resume".into(),
+                ),
+            },
+            "vm_stop" => {
+                self.0.stop();
+                json!({"ok": true})
+            }
+            "vm_info" => json!({"ok": true, "info": self.0.info()}),
+            "vm_snapshot" | "vm_migrate" => err(
+                "refused",
+                "this is a standby: the VM runs on its primary (promote it first)".into(),
+            ),
+            other => err(
+                "unknown_op",
+                format!("unknown op {other:?} (vm_promote, vm_stop, vm_info)"),
             ),
         }
     }

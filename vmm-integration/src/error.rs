@@ -56,6 +56,9 @@ pub enum VmmError {
     /// The VM is not in a state that allows the request.
     #[error("{0}")]
     Refused(String),
+    /// A migration or replication peer failed, broke the protocol or gave up.
+    #[error("{peer}: {reason}")]
+    Peer { peer: String, reason: String },
 }
 
 /// The broad class of a [`VmmError`] (for a control socket's `code`).
@@ -92,7 +95,7 @@ impl VmmError {
             },
             VmmError::Control(_) | VmmError::Refused(_) => VmmErrorKind::Refused,
             VmmError::GuestCrash(_) => VmmErrorKind::Guest,
-            VmmError::File { .. } => VmmErrorKind::Io,
+            VmmError::File { .. } | VmmError::Peer { .. } => VmmErrorKind::Io,
         }
     }
 }

@@ -13,7 +13,10 @@ pub mod folder;
 pub mod guests;
 pub mod layout;
 pub mod memory;
+pub mod migration;
+pub mod periodic;
 pub mod runner;
+pub mod supervise;
 pub mod vcpu;
 pub mod vm;
 

@@ -5,6 +5,8 @@ use crate::control::VmService;
 use crate::error::{Result, VmmError};
 use crate::folder::{self, Folder};
 use crate::memory::{self, Mem};
+use crate::migration::replica::Replicator;
+use crate::periodic::{Periodic, PeriodicReport};
 use crate::vm::{Exit, Machine, MachineConfig, Start, VmState};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,12 +26,18 @@ pub struct RunOptions {
     pub append_serial: bool,
     /// Engine options of the disks.
     pub open: vdisk_engine::OpenOptions,
+    /// Take a diff VM snapshot this often (periodic.rs).
+    pub snapshot_interval: Option<std::time::Duration>,
+    /// Automatic snapshots retention keeps (with `snapshot_interval`).
+    pub keep: u32,
+    /// Send every VM snapshot to the standby at this `host:port`.
+    pub replicate_to: Option<String>,
 }
 
 /// How a run ended.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
-    /// `poweroff`, `crash` or `stopped`.
+    /// `poweroff`, `crash`, `stopped` or `migrated`.
     pub exit: &'static str,
     /// The guest's exit code (power-off).
     pub exit_code: Option<u32>,
@@ -39,6 +47,8 @@ pub struct RunReport {
     pub seconds: f64,
     /// For a restore: ms from the start of the process's restore work to the vCPUs running.
     pub restore_ms: Option<f64>,
+    /// What the periodic snapshots did.
+    pub periodic: Option<PeriodicReport>,
 }
 
 impl RunReport {
@@ -46,7 +56,7 @@ impl RunReport {
     pub fn status(&self) -> i32 {
         match (self.exit, self.exit_code) {
             ("poweroff", Some(c)) => c.min(255) as i32,
-            ("stopped", _) => 0,
+            ("stopped", _) | ("migrated", _) => 0,
             _ => 70,
         }
     }
@@ -169,6 +179,23 @@ pub fn load_snapshot(disk0: &Disk, name: &str, memory: u64) -> Result<Loaded> {
     })
 }
 
+/// Where a run's guest comes from.
+pub enum Source<'a> {
+    /// A boot.
+    Boot,
+    /// A VM snapshot of the folder's first disk (the disks go back to it).
+    Restore(&'a str),
+    /// A migration: memory and state received; `running` is told once the vCPUs run.
+    Incoming {
+        /// Guest memory as received.
+        mem: Mem,
+        /// The vCPU, device and clock state.
+        state: Box<VmState>,
+        /// Called once the VM runs (the destination tells the source).
+        running: Box<dyn FnOnce() + Send>,
+    },
+}
+
 /// Run the VM of `dir` until the guest leaves: booted, or continued from snapshot
 /// `restore` (its disks reverted to it). `started` gets the machine once it runs (for
 /// signal handlers).
@@ -178,9 +205,27 @@ pub fn run(
     o: &RunOptions,
     started: impl FnOnce(&Arc<Machine>),
 ) -> Result<RunReport> {
+    run_from(
+        dir,
+        match restore {
+            None => Source::Boot,
+            Some(n) => Source::Restore(n),
+        },
+        o,
+        started,
+    )
+}
+
+/// [`run`] from any [`Source`].
+pub fn run_from(
+    dir: &std::path::Path,
+    source: Source,
+    o: &RunOptions,
+    started: impl FnOnce(&Arc<Machine>),
+) -> Result<RunReport> {
     let t0 = Instant::now();
     let f: Folder = folder::open(dir)?;
-    let _lock = folder::lock(dir)?;
+    let lock = folder::lock(dir)?;
     let mut held = Vec::new();
     for p in &f.disks {
         let store: Arc<dyn Store> =
@@ -200,9 +245,11 @@ pub fn run(
         memory,
         vcpus: f.config.vcpus,
     };
-    let (mem, start, verify) = match restore {
-        None => (memory::anonymous(memory)?, Start::Boot, None),
-        Some(name) => {
+    let mut running = None;
+    let restoring = !matches!(source, Source::Boot);
+    let (mem, start, verify) = match source {
+        Source::Boot => (memory::anonymous(memory)?, Start::Boot, None),
+        Source::Restore(name) => {
             let l = load_snapshot(&disks[0], name, memory)?;
             for d in &disks {
                 d.snapshot_revert(&l.name)?;
@@ -211,14 +258,25 @@ pub fn run(
                 l.mem,
                 Start::Restore {
                     state: Box::new(l.state),
-                    base: l.id,
+                    base: Some(l.id),
                 },
                 Some(l.images),
             )
         }
+        Source::Incoming {
+            mem,
+            state,
+            running: r,
+        } => {
+            running = Some(r);
+            (mem, Start::Restore { state, base: None }, None)
+        }
     };
     let machine = Machine::start(&cfg, mem, disks, serial_out(o)?, start)?;
-    let restore_ms = restore.map(|_| t0.elapsed().as_secs_f64() * 1e3);
+    let restore_ms = restoring.then(|| t0.elapsed().as_secs_f64() * 1e3);
+    if let Some(r) = running {
+        r();
+    }
     // the full image was mapped without reading it: verify it alongside the guest, and stop
     // the VM (never silently run on damaged memory) when an extent does not match
     if let Some(images) = verify {
@@ -231,9 +289,20 @@ pub fn run(
     }
     let service = Arc::new(VmService::new(machine.clone(), f.clone()));
     let control = ControlServer::start(&f.socket(), service)?;
+    let periodic = match o.snapshot_interval {
+        Some(iv) => {
+            let replica = match &o.replicate_to {
+                Some(addr) => Some(Replicator::new(addr, &f, o.keep)),
+                None => None,
+            };
+            Some(Periodic::start(machine.clone(), iv, o.keep, replica))
+        }
+        None => None,
+    };
     started(&machine);
     let exit = machine.wait();
-    control.stop();
+    let periodic = periodic.map(|p| p.stop());
+    machine.detach_disks();
     let secs = t0.elapsed().as_secs_f64();
     let mut close_err = None;
     for h in held {
@@ -241,30 +310,25 @@ pub fn run(
             close_err.get_or_insert(e);
         }
     }
+    drop(lock);
+    // a migration waits for this before the destination opens the disks
+    machine.mark_released();
+    control.stop();
     if let Some(e) = close_err {
         return Err(e.into());
     }
-    Ok(match exit {
-        Exit::PowerOff(c) => RunReport {
-            exit: "poweroff",
-            exit_code: Some(c),
-            message: None,
-            seconds: secs,
-            restore_ms,
-        },
-        Exit::Crash(m) => RunReport {
-            exit: "crash",
-            exit_code: None,
-            message: Some(m),
-            seconds: secs,
-            restore_ms,
-        },
-        Exit::Stopped => RunReport {
-            exit: "stopped",
-            exit_code: None,
-            message: None,
-            seconds: secs,
-            restore_ms,
-        },
+    let (exit, exit_code, message) = match exit {
+        Exit::PowerOff(c) => ("poweroff", Some(c), None),
+        Exit::Crash(m) => ("crash", None, Some(m)),
+        Exit::Stopped if machine.migrated() => ("migrated", None, None),
+        Exit::Stopped => ("stopped", None, None),
+    };
+    Ok(RunReport {
+        exit,
+        exit_code,
+        message,
+        seconds: secs,
+        restore_ms,
+        periodic,
     })
 }

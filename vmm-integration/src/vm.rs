@@ -122,8 +122,9 @@ pub enum Start {
     Restore {
         /// The saved state.
         state: Box<VmState>,
-        /// The snapshot's id in the first disk (the base of later diffs).
-        base: Id,
+        /// The snapshot's id in the first disk (the base of later diffs); `None` for a VM
+        /// that arrived by migration (its first snapshot here is a full one).
+        base: Option<Id>,
     },
 }
 
@@ -133,12 +134,18 @@ pub struct Machine {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pthreads: Vec<libc::pthread_t>,
-    disks: Vec<Arc<Disk>>,
+    disks: Mutex<Vec<Arc<Disk>>>,
     mem_size: u64,
     guest: String,
     args: String,
     track: Mutex<Track>,
     snap_lock: Mutex<()>,
+    /// Told the name of every VM snapshot committed (replication, retention).
+    after_snapshot: Mutex<Option<std::sync::mpsc::Sender<String>>>,
+    /// Set once a migration moved the VM away (the run reports `migrated`).
+    migrated: std::sync::atomic::AtomicBool,
+    /// Set by the runner once the disks are closed and the folder released.
+    released: (Mutex<bool>, Condvar),
 }
 
 fn kick_signal() -> i32 {
@@ -302,7 +309,7 @@ impl Machine {
         }
         let pthreads = threads.iter().map(|t| t.as_pthread_t()).collect();
         let base = match &start {
-            Start::Restore { base, .. } => Some(*base),
+            Start::Restore { base, .. } => *base,
             Start::Boot => None,
         };
         Ok(Arc::new(Machine {
@@ -310,7 +317,7 @@ impl Machine {
             shared,
             threads: Mutex::new(threads),
             pthreads,
-            disks,
+            disks: Mutex::new(disks),
             mem_size: size,
             guest: cfg.guest.name.to_string(),
             args: cfg.args.clone(),
@@ -319,6 +326,9 @@ impl Machine {
                 carry: Vec::new(),
             }),
             snap_lock: Mutex::new(()),
+            after_snapshot: Mutex::new(None),
+            migrated: std::sync::atomic::AtomicBool::new(false),
+            released: (Mutex::new(false), Condvar::new()),
         }))
     }
 
@@ -384,8 +394,77 @@ impl Machine {
         lock(&self.shared.ctl).stop
     }
 
+    /// Send the name of every VM snapshot committed from now on to `tx`.
+    pub fn notify_snapshots(&self, tx: std::sync::mpsc::Sender<String>) {
+        *lock(&self.after_snapshot) = Some(tx);
+    }
+
+    /// The VM moved to another host: stop it here (the run reports `migrated`).
+    pub(crate) fn stop_migrated(&self) {
+        self.migrated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop();
+    }
+
+    /// True when a migration moved the VM away.
+    pub fn migrated(&self) -> bool {
+        self.migrated.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The runner closed the disks and released the folder.
+    pub fn mark_released(&self) {
+        *lock(&self.released.0) = true;
+        self.released.1.notify_all();
+    }
+
+    /// Wait until [`Machine::mark_released`] (false after `timeout`).
+    pub(crate) fn wait_released(&self, timeout: Duration) -> bool {
+        let g = lock(&self.released.0);
+        let (g, _) = self
+            .released
+            .1
+            .wait_timeout_while(g, timeout, |r| !*r)
+            .unwrap_or_else(|p| p.into_inner());
+        *g
+    }
+
+    /// Pages taken from the dirty logs by something that did not commit a snapshot (a
+    /// migration that failed): the next diff snapshot includes them.
+    pub(crate) fn carry_dirty(&self, bits: &[u64]) {
+        or_into(&mut lock(&self.track).carry, bits);
+    }
+
+    /// Guest memory.
+    pub(crate) fn mem(&self) -> &Mem {
+        &self.shared.mem
+    }
+
+    /// Serializes snapshots and migrations.
+    pub(crate) fn exclusive(&self) -> MutexGuard<'_, ()> {
+        lock(&self.snap_lock)
+    }
+
+    /// The device, vCPU and clock state of the paused VM.
+    pub(crate) fn state_of(&self, vcpus: Vec<VcpuState>) -> Result<VmState> {
+        let (serial, blk) = {
+            let b = lock(&self.shared.bus);
+            (b.serial.state(), b.blk.iter().map(|d| d.state()).collect())
+        };
+        let clock = self.vm.get_clock().map_err(kvm("KVM_GET_CLOCK"))?;
+        Ok(VmState {
+            version: VM_STATE_VERSION,
+            guest: self.guest.clone(),
+            args: self.args.clone(),
+            memory: self.mem_size,
+            vcpus,
+            disks: blk,
+            serial,
+            clock,
+        })
+    }
+
     /// Pause every vCPU (capturing their state when `capture`).
-    fn pause(&self, capture: bool) -> Result<Vec<VcpuState>> {
+    pub(crate) fn pause(&self, capture: bool) -> Result<Vec<VcpuState>> {
         let n = self.pthreads.len();
         let mut c = lock(&self.shared.ctl);
         if c.stop {
@@ -434,14 +513,14 @@ impl Machine {
         Ok(out)
     }
 
-    fn resume(&self) {
+    pub(crate) fn resume(&self) {
         let mut c = lock(&self.shared.ctl);
         c.pause = false;
         self.shared.cv.notify_all();
     }
 
     /// Pages dirtied since the last call: KVM's log OR'd with the VMM's own writes.
-    fn take_dirty(&self) -> Result<Vec<u64>> {
+    pub(crate) fn take_dirty(&self) -> Result<Vec<u64>> {
         let mut d = self
             .vm
             .get_dirty_log(0, self.mem_size as usize)
@@ -458,9 +537,16 @@ impl Machine {
         self.mem_size
     }
 
-    /// The disks.
-    pub fn disks(&self) -> &[Arc<Disk>] {
-        &self.disks
+    /// The disks (none once [`Machine::detach_disks`] ran).
+    pub fn disks(&self) -> Vec<Arc<Disk>> {
+        lock(&self.disks).clone()
+    }
+
+    /// After [`Machine::wait`]: drop every reference this machine holds to its disks, so
+    /// closing them releases their writer locks (a migration's destination opens them next).
+    pub fn detach_disks(&self) {
+        lock(&self.shared.bus).blk.clear();
+        lock(&self.disks).clear();
     }
 
     /// Take a VM snapshot named `name` in every disk: memory full, or with `diff` only the
@@ -475,13 +561,17 @@ impl Machine {
                 reason,
             })
         })?;
-        for d in &self.disks {
+        let disks = self.disks();
+        if disks.is_empty() {
+            return Err(VmmError::Refused("the VM is stopping".into()));
+        }
+        for d in &disks {
             if d.manifest().snapshot(name).is_some() {
                 return Err(vdisk_engine::Error::SnapshotExists(name.into()).into());
             }
         }
         let t0 = Instant::now();
-        let disk0 = self.disks[0].clone();
+        let disk0 = disks[0].clone();
         let store0 = disk0.store().clone();
         let m0 = disk0.manifest();
         let mut track = lock(&self.track);
@@ -551,21 +641,7 @@ impl Machine {
                 }
                 let mref = w.finish()?;
                 let data_bytes = mref.data_bytes;
-                let (serial, blk) = {
-                    let b = lock(&self.shared.bus);
-                    (b.serial.state(), b.blk.iter().map(|d| d.state()).collect())
-                };
-                let clock = self.vm.get_clock().map_err(kvm("KVM_GET_CLOCK"))?;
-                let st = VmState {
-                    version: VM_STATE_VERSION,
-                    guest: self.guest.clone(),
-                    args: self.args.clone(),
-                    memory: self.mem_size,
-                    vcpus: states,
-                    disks: blk,
-                    serial,
-                    clock,
-                };
+                let st = self.state_of(states)?;
                 let payload =
                     serde_json::to_vec(&st).map_err(|e| VmmError::Refused(e.to_string()))?;
                 let sref = write_state(store0.as_ref(), &state_name, &payload)?;
@@ -577,7 +653,7 @@ impl Machine {
                 };
                 let info = disk0.snapshot_create_with(name, Some(rec))?;
                 let primary = disk0.manifest().bundle_id;
-                for d in &self.disks[1..] {
+                for d in &disks[1..] {
                     d.snapshot_create_with(
                         name,
                         Some(VmStateRecord {
@@ -598,6 +674,9 @@ impl Machine {
             Ok((info, data_bytes)) => {
                 track.base = Some(info.id);
                 track.carry.clear();
+                if let Some(tx) = lock(&self.after_snapshot).as_ref() {
+                    let _ = tx.send(name.to_string());
+                }
                 Ok(SnapshotReport {
                     name: name.into(),
                     id: info.id.to_string(),
@@ -625,7 +704,7 @@ impl Machine {
     }
 }
 
-fn or_into(a: &mut Vec<u64>, b: &[u64]) {
+pub(crate) fn or_into(a: &mut Vec<u64>, b: &[u64]) {
     if a.len() < b.len() {
         a.resize(b.len(), 0);
     }
@@ -635,7 +714,7 @@ fn or_into(a: &mut Vec<u64>, b: &[u64]) {
 }
 
 /// Page numbers set in `bits` (below `pages`).
-fn set_bits(bits: &[u64], pages: u64) -> impl Iterator<Item = u64> + '_ {
+pub(crate) fn set_bits(bits: &[u64], pages: u64) -> impl Iterator<Item = u64> + '_ {
     bits.iter().enumerate().flat_map(move |(i, &w)| {
         let mut w = w;
         std::iter::from_fn(move || {
@@ -651,7 +730,7 @@ fn set_bits(bits: &[u64], pages: u64) -> impl Iterator<Item = u64> + '_ {
 }
 
 /// Runs `(gpa, len)` of set pages that pass `keep`, split at 2 MiB boundaries.
-fn runs<'a>(
+pub(crate) fn runs<'a>(
     bits: &'a [u64],
     pages: u64,
     keep: impl Fn(u64) -> bool + 'a,

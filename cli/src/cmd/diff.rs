@@ -238,7 +238,10 @@ pub fn import(a: ImportArgs) -> Result<ExitCode> {
         inner: input,
         bar: bar.clone(),
     });
-    let opts = ImportOptions { force: a.force };
+    let opts = ImportOptions {
+        force: a.force,
+        ..Default::default()
+    };
     let r = d.import_diff_with(&mut reader, &opts);
     bar.finish_and_clear();
     let r = r.with_context(|| {
