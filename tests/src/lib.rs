@@ -87,3 +87,54 @@ pub fn corpus_dir() -> PathBuf {
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+/// Helpers of the VMM tests: a guest's serial log, its progress and its final hash.
+pub mod vm {
+    use std::path::Path;
+    use std::process::Child;
+    use std::time::{Duration, Instant};
+
+    /// True when /dev/kvm exists; else says loudly that the VMM tests are skipped.
+    pub fn kvm() -> bool {
+        if Path::new("/dev/kvm").exists() {
+            return true;
+        }
+        eprintln!("\n*** SKIPPED: no /dev/kvm on this machine: the VMM tests did not run ***\n");
+        false
+    }
+
+    /// The guest's final hash in a serial log.
+    pub fn hash_of(log: &Path) -> Option<String> {
+        let s = std::fs::read_to_string(log).ok()?;
+        let i = s.rfind("DONE hash=")?;
+        Some(s.get(i + 10..i + 26)?.to_string())
+    }
+
+    /// The last `progress R/N` of a serial log as a fraction.
+    pub fn progress_of(log: &Path) -> f64 {
+        let s = std::fs::read_to_string(log).unwrap_or_default();
+        s.lines()
+            .rev()
+            .find_map(|l| {
+                let (a, b) = l.strip_prefix("progress ")?.split_once('/')?;
+                Some(a.parse::<f64>().ok()? / b.parse::<f64>().ok()?)
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Wait until the guest logged `want` of its rounds (panics if `child` exits or after 120 s).
+    pub fn wait_progress(log: &Path, want: f64, child: &mut Child) {
+        let t = Instant::now();
+        while progress_of(log) < want {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the VMM exited before {want}"
+            );
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "no progress to {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

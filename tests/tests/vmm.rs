@@ -4,17 +4,9 @@
 //! merging a snapshot of the diff chain away; bad input refused without a panic.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use vdisk_tests::vm::{hash_of, kvm, wait_progress};
 use vdisk_tests::{vdisk, vdisk_bin, vdisk_err, vdisk_ok};
-
-fn kvm() -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    eprintln!("\n*** SKIPPED: no /dev/kvm on this machine: the VMM tests did not run ***\n");
-    false
-}
 
 const ARGS: &str = "seed=3 rounds=12000 mem_mib=16 disk_mib=16";
 
@@ -32,38 +24,6 @@ fn create(dir: &Path) {
         "--disk-size",
         "32M",
     ]);
-}
-
-fn hash_of(log: &Path) -> Option<String> {
-    let s = std::fs::read_to_string(log).ok()?;
-    let i = s.rfind("DONE hash=")?;
-    Some(s[i + 10..i + 26].to_string())
-}
-
-fn progress_of(log: &Path) -> f64 {
-    let s = std::fs::read_to_string(log).unwrap_or_default();
-    s.lines()
-        .rev()
-        .find_map(|l| {
-            let (a, b) = l.strip_prefix("progress ")?.split_once('/')?;
-            Some(a.parse::<f64>().ok()? / b.parse::<f64>().ok()?)
-        })
-        .unwrap_or(0.0)
-}
-
-fn wait_progress(log: &Path, want: f64, child: &mut Child) {
-    let t = Instant::now();
-    while progress_of(log) < want {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the VMM exited before {want}"
-        );
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no progress to {want}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn run_to_end(args: &[&str]) -> String {

@@ -209,3 +209,74 @@ impl Periodic {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use vdisk_engine::format::manifest::SnapshotRecord;
+    use vdisk_engine::format::vmstate::{MemoryKind, MemoryRef, StateRef, VmStateRecord};
+    use vdisk_engine::{CreateOptions, Disk, Id, MemStore};
+
+    fn vm_snap(name: &str, t: u64, base: Option<Id>, layer: Id) -> SnapshotRecord {
+        let rec = VmStateRecord {
+            version: 1,
+            state: Some(StateRef {
+                object: format!("state/{name}.vmstate"),
+                blake3: "0".repeat(64),
+            }),
+            memory: Some(MemoryRef {
+                object: format!("state/{name}.mem"),
+                kind: if base.is_some() {
+                    MemoryKind::Diff
+                } else {
+                    MemoryKind::Full
+                },
+                base,
+                guest_size: 2 << 20,
+                data_bytes: 4096,
+                table_blake3: "0".repeat(64),
+            }),
+            primary: None,
+        };
+        SnapshotRecord {
+            id: Id::random(),
+            name: name.into(),
+            created_ns: t,
+            layer,
+            pinned: false,
+            vm_state: Some(rec.to_value()),
+            virtual_size: None,
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_their_full_base_and_merges_in_batches() {
+        let d = Disk::create(Arc::new(MemStore::new()), &CreateOptions::new(1 << 20)).unwrap();
+        let mut m = d.manifest();
+        let layer = m.active_layer;
+        let mut prev = None;
+        for i in 0..6 {
+            let s = vm_snap(&format!("auto-{i}"), i, prev, layer);
+            prev = Some(s.id);
+            m.snapshots.push(s);
+        }
+        // a user's snapshot is never touched
+        m.snapshots.push(SnapshotRecord {
+            id: Id::random(),
+            name: "mine".into(),
+            created_ns: 99,
+            layer,
+            pinned: false,
+            vm_state: None,
+            virtual_size: None,
+        });
+        // 6 ≤ 2 × 3: not yet
+        assert!(retention_plan(&m, 3).is_empty());
+        // 6 > 2 × 2: all but the newest two, except the full base they are built on
+        assert_eq!(retention_plan(&m, 2), ["auto-1", "auto-2", "auto-3"]);
+        // a pinned one stays
+        m.snapshots[2].pinned = true;
+        assert_eq!(retention_plan(&m, 2), ["auto-1", "auto-3"]);
+    }
+}

@@ -291,10 +291,10 @@ pub fn run_from(
     let control = ControlServer::start(&f.socket(), service)?;
     let periodic = match o.snapshot_interval {
         Some(iv) => {
-            let replica = match &o.replicate_to {
-                Some(addr) => Some(Replicator::new(addr, &f, o.keep)),
-                None => None,
-            };
+            let replica = o
+                .replicate_to
+                .as_ref()
+                .map(|addr| Replicator::new(addr, &f, o.keep));
             Some(Periodic::start(machine.clone(), iv, o.keep, replica))
         }
         None => None,

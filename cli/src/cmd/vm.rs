@@ -388,7 +388,7 @@ fn report_run(dir: &Path, r: &vdisk_vmm::RunReport, as_json: bool) -> Result<Exi
         crate::json::print(
             "vm-run",
             &[("dir", json!(dir.display().to_string()))],
-            &r,
+            r,
             &[],
         )?;
     } else {

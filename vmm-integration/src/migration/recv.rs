@@ -106,7 +106,17 @@ pub(crate) fn plain_name(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
-fn receive_all(dir: &Path, c: &mut Conn, made: &mut bool) -> Result<Arrived> {
+/// What a failed receive removes.
+#[derive(PartialEq)]
+enum Made {
+    Nothing,
+    /// The contents of a folder that was there, empty.
+    Contents,
+    /// The folder.
+    Folder,
+}
+
+fn receive_all(dir: &Path, c: &mut Conn, made: &mut Made) -> Result<Arrived> {
     let peer = c.peer.clone();
     let pe = |e: WireError| peer_err(&peer, e);
     let hello = match c.recv(0).map_err(pe)? {
@@ -199,6 +209,7 @@ fn receive_all(dir: &Path, c: &mut Conn, made: &mut bool) -> Result<Arrived> {
                 })
             }
         }
+        let existed = dir.exists();
         for (i, d) in cfg.disks.iter().enumerate() {
             if !plain_name(&d.path) {
                 return Err(bad(
@@ -215,7 +226,10 @@ fn receive_all(dir: &Path, c: &mut Conn, made: &mut bool) -> Result<Arrived> {
             op: "create",
             source,
         })?;
-        *made = true;
+        *made = Made::Contents;
+        if !existed {
+            *made = Made::Folder;
+        }
         let cfg_path = dir.join(CONFIG_FILE_NAME);
         vdisk_vmconfig::save(&cfg, &cfg_path).map_err(|e| bad("vm.json", e.to_string()))?;
         for (i, d) in cfg.disks.iter().enumerate() {
@@ -332,7 +346,7 @@ fn receive_all(dir: &Path, c: &mut Conn, made: &mut bool) -> Result<Arrived> {
                 if imports.iter().any(|i| i.is_some()) {
                     return Err(bad("done", "a disk stream is still open"));
                 }
-                if !shared && ended.iter().any(|&n| n == 0) {
+                if !shared && ended.contains(&0) {
                     return Err(bad("done", "a shipped disk never arrived"));
                 }
                 break;
@@ -372,7 +386,7 @@ pub fn receive(
         .map_err(|e| peer_err(&o.listen, format!("accept: {e}")))?;
     drop(l);
     let mut c = Conn::new(s, &addr.to_string(), o.timeout)?;
-    let mut made = false;
+    let mut made = Made::Nothing;
     let arrived = receive_all(dir, &mut c, &mut made).and_then(|a| match c.recv(0) {
         Ok(Message::Released) => Ok(a),
         Ok(Message::Error(e)) => Err(peer_err(&c.peer, format!("the source gave up: {e}"))),
@@ -387,8 +401,21 @@ pub fn receive(
         Err(e) => {
             let _ = c.send(&Message::Error(e.to_string()));
             let _ = c.flush();
-            if made {
-                let _ = std::fs::remove_dir_all(dir);
+            match made {
+                Made::Folder => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Made::Contents => {
+                    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        let p = e.path();
+                        let _ = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
+                    }
+                }
+                Made::Nothing => {}
             }
             return Err(e);
         }
