@@ -145,7 +145,7 @@ impl Periodic {
             let (stop, report) = (stop.clone(), report.clone());
             let mut replica = replica;
             threads.push(std::thread::spawn(move || loop {
-                let name = match rx.recv_timeout(Duration::from_millis(20)) {
+                let name = match rx.recv_timeout(Duration::from_millis(5)) {
                     Ok(n) => n,
                     Err(RecvTimeoutError::Timeout) => {
                         if stop.load(Ordering::Relaxed) {

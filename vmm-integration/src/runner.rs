@@ -134,6 +134,13 @@ pub fn load_snapshot(disk0: &Disk, name: &str, memory: u64) -> Result<Loaded> {
         .iter()
         .map(|r| MemImage::open(store.as_ref(), r))
         .collect::<vdisk_engine::Result<Vec<_>>>()?;
+    if let Some(bad) = images.iter().find(|i| i.header.guest_size != memory) {
+        return Err(VmmError::State {
+            object: bad.name().into(),
+            field: "guest_size".into(),
+            reason: format!("{} bytes; the VM has {memory}", bad.header.guest_size),
+        });
+    }
     let full = &images[0];
     if full.header.kind != MemoryKind::Full || full.header.guest_size != memory {
         return Err(VmmError::State {
@@ -162,12 +169,36 @@ pub fn load_snapshot(disk0: &Disk, name: &str, memory: u64) -> Result<Loaded> {
             mem
         }
     };
+    // the diffs newest first, each page written once: the newest image holding it wins, and
+    // the pages a chain dirties again and again are read once, not once per diff
+    let page = vdisk_engine::format::vmstate::PAGE;
+    let mut done = vec![0u64; (memory / page).div_ceil(64) as usize];
+    let is_done = |d: &[u64], p: u64| d[(p / 64) as usize] & (1 << (p % 64)) != 0;
     let mut buf = Vec::new();
-    for img in &images[1..] {
+    for img in images[1..].iter().rev() {
         for (i, e) in img.extents.iter().enumerate() {
+            let (first, n) = (e.gpa / page, e.len / page);
+            if (first..first + n).all(|p| is_done(&done, p)) {
+                continue;
+            }
             buf.resize(e.len as usize, 0);
             img.read_extent(i, &mut buf)?;
-            crate::vm::write_guest(&mem, e.gpa, &buf)?;
+            let mut p = first;
+            while p < first + n {
+                if is_done(&done, p) {
+                    p += 1;
+                    continue;
+                }
+                let mut q = p;
+                while q < first + n && !is_done(&done, q) {
+                    done[(q / 64) as usize] |= 1 << (q % 64);
+                    q += 1;
+                }
+                let off = ((p - first) * page) as usize;
+                let end = ((q - first) * page) as usize;
+                crate::vm::write_guest(&mem, p * page, &buf[off..end])?;
+                p = q;
+            }
         }
     }
     Ok(Loaded {

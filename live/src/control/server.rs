@@ -99,6 +99,16 @@ impl ControlServer {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
+        // wake the accept loop now rather than at its next poll timeout (a closing disk is
+        // on a migration's downtime path): a connection to our own socket, never to one a
+        // later server bound at the same path
+        if self.thread.is_some()
+            && std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino)
+        {
+            if let Ok((addr, _dir)) = addressable(&self.path) {
+                let _ = UnixStream::connect(addr);
+            }
+        }
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 log::error!("the control socket thread panicked");
@@ -174,6 +184,7 @@ fn accept_loop(listener: &UnixListener, service: &Arc<dyn Service>, stop: &Atomi
     while !stop.load(Ordering::Acquire) {
         wait_readable(listener.as_raw_fd());
         let stream = match listener.accept() {
+            Ok(_) if stop.load(Ordering::Acquire) => break,
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -59,6 +59,12 @@ pub struct MigrateReport {
     pub round_pages: Vec<u64>,
     /// Disk delta-stream bytes (shipped disks).
     pub disk_bytes: u64,
+    /// Of the downtime: pause to the destination's READY (the last pages, the state).
+    pub ready_ms: f64,
+    /// READY to the disks released here.
+    pub release_ms: f64,
+    /// Released to the destination's vCPUs running.
+    pub start_ms: f64,
 }
 
 /// Sends pages of `bits` (or all memory when `None`), zero pages as ZEROS (or not at all
@@ -365,6 +371,7 @@ pub fn migrate(m: &Machine, folder: &Folder, o: &MigrateOptions) -> Result<Migra
         return Err(e);
     }
     // switch-over: the destination holds everything; the VM leaves this host
+    let t_ready = Instant::now();
     m.stop_migrated();
     // the runner stops the periodic snapshots before it releases the disks: let them end
     drop(one);
@@ -373,6 +380,7 @@ pub fn migrate(m: &Machine, folder: &Folder, o: &MigrateOptions) -> Result<Migra
             "the VMM did not release the disks within 60 s".into(),
         ));
     }
+    let t_released = Instant::now();
     c.send(&Message::Released).map_err(pe)?;
     c.flush().map_err(pe)?;
     match c.recv(0).map_err(pe)? {
@@ -394,5 +402,8 @@ pub fn migrate(m: &Machine, folder: &Folder, o: &MigrateOptions) -> Result<Migra
         rounds: round_pages.len() as u32,
         round_pages,
         disk_bytes,
+        ready_ms: (t_ready - tp).as_secs_f64() * 1e3,
+        release_ms: (t_released - t_ready).as_secs_f64() * 1e3,
+        start_ms: t_released.elapsed().as_secs_f64() * 1e3,
     })
 }
