@@ -317,6 +317,11 @@ pub fn migrate(m: &Machine, folder: &Folder, o: &MigrateOptions) -> Result<Migra
                 }
             }
         }
+        // what the disks hold so far goes to storage while the guest runs, so the flush in
+        // the pause (and the close after it) has only the last moments' writes to sync
+        for d in m.disks() {
+            d.flush()?;
+        }
         // the pause: what is still dirty, the disks' last changes, the state
         tp = Instant::now();
         let states = m.pause(true)?;
